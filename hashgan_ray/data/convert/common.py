@@ -1,0 +1,111 @@
+"""What every converter shares: the kept/dropped report and the progress bar."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from hashgan_ray.data.format import data_error
+from hashgan_ray.data.images import check_image
+
+
+@dataclass
+class Report:
+    """Pairs kept and pairs dropped, by reason; printed at the end of a conversion
+    and stored in meta.json under extra.report."""
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)   # reason -> first offending item
+
+    def drop(self, reason: str, example: str | None = None) -> None:
+        self.dropped[reason] += 1
+        if example is not None:
+            self.examples.setdefault(reason, example)
+
+    def as_dict(self) -> dict:
+        return {"kept": self.kept, "dropped": dict(self.dropped), "examples": self.examples}
+
+    def format(self) -> str:
+        lines = [f"pairs kept: {self.kept}",
+                 f"pairs dropped: {sum(self.dropped.values())}"]
+        for reason, n in sorted(self.dropped.items()):
+            example = self.examples.get(reason)
+            lines.append(f"  {reason}: {n}" + (f" (e.g. {example})" if example else ""))
+        return "\n".join(lines)
+
+
+def progress(iterable, total: int | None, desc: str):
+    """A progress bar on stderr (tqdm), the same look for every converter."""
+    return tqdm(iterable, total=total, desc=desc, unit="pair", dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def read_image_or_drop(path: Path, report: Report) -> bytes | None:
+    """The file's bytes if it is a readable JPEG/PNG; otherwise count the drop
+    (`missing image` / `unreadable image`) and return None."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        report.drop("missing image", str(path))
+        return None
+    except OSError as e:
+        report.drop("unreadable image", f"{path}: {e}")
+        return None
+    try:
+        check_image(data)
+    except ValueError as e:
+        report.drop("unreadable image", f"{path}: {e}")
+        return None
+    return data
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a text file with their line endings removed; a clear error if it
+    is missing. Annotation files of these datasets are ASCII/UTF-8 or Latin-1."""
+    if not path.is_file():
+        raise data_error(path, None, "file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.splitlines()
+
+
+def parse_binary_row(line: str, path: Path, lineno: int, width: int | None) -> list[int]:
+    """A row of 0/1 values separated by tabs or spaces; errors name file and line."""
+    values = line.split()
+    if width is not None and len(values) != width:
+        raise data_error(path, lineno, f"expected {width} values, found {len(values)}")
+    out = []
+    for v in values:
+        if v not in ("0", "1"):
+            raise data_error(path, lineno, f"expected 0 or 1, found {v!r}")
+        out.append(int(v))
+    return out
+
+
+def add_common_arguments(parser, *, query: int, train: int, link_images: bool = True) -> None:
+    """Options every `data convert` subcommand has; defaults are the DCMH split sizes."""
+    parser.add_argument("--out", required=True, help="dataset directory to write")
+    parser.add_argument("--query", type=int, default=query, help=f"query pairs (default {query})")
+    parser.add_argument("--train", type=int, default=train,
+                        help=f"training pairs, drawn from the database (default {train})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="side that loaders resize images to, recorded in meta.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset (only once the new one is complete)")
+    if link_images:
+        parser.add_argument("--link-images", action="store_true",
+                            help="store absolute image paths instead of embedding the image "
+                                 "bytes (smaller, but every Ray node must see the same paths)")
+
+
+def print_result(meta, report: Report, out) -> None:
+    """The final report a person reads after a conversion."""
+    print(report.format())
+    print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in meta.counts.items())
+          + f"; vocabulary {meta.vocab_size} words, {meta.num_labels} labels")
