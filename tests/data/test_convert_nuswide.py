@@ -183,7 +183,7 @@ def test_cli_arguments_and_run(src, tmp_path, capsys):
     ("NUS_WID_Tags/AllTags1k.txt", 4, "0 1 2 1 0 0", "AllTags1k.txt:4: expected 0 or 1, found '2'"),
     ("Groundtruth/AllLabels/Labels_clouds.txt", 5, "yes", "Labels_clouds.txt:5: expected 0 or 1"),
     ("ImageList/Imagelist.txt", 3, "0003_103.jpg", "Imagelist.txt:3: expected an image path"),
-    ("NUS_WID_Tags/TagList1k.txt", 4, "sky", "TagList1k.txt:4: 'sky' is listed twice"),
+    ("NUS_WID_Tags/TagList1k.txt", 4, "sky", "TagList1k.txt:4: 'sky' is also on line 1"),
 ])
 def test_malformed_line_is_an_error(src, tmp_path, file, lineno, text, expected):
     set_line(src / file, lineno, text)

@@ -61,17 +61,60 @@ def read_image_or_drop(path: Path, report: Report) -> bytes | None:
     return data
 
 
-def read_lines(path: Path) -> list[str]:
-    """Lines of a text file with their line endings removed; a clear error if it
-    is missing. Annotation files of these datasets are ASCII/UTF-8 or Latin-1."""
+def read_text(path: Path) -> str:
+    """A text file as UTF-8, else Latin-1 (the encodings these datasets use);
+    a clear error if it is missing."""
     if not path.is_file():
         raise data_error(path, None, "file not found")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return text.splitlines()
+        return raw.decode("latin-1")
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines without their endings and without trailing blank lines (a final
+    newline or two is not a missing entry). Splits on "\\n" only: splitlines()
+    would also break at U+0085, which is byte 0x85 in Latin-1 text, and shift
+    the line numbers that errors report."""
+    lines = [line.rstrip("\r") for line in read_text(path).split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def read_names(path: Path, count: int | None = None) -> list[str]:
+    """One distinct, non-empty name per line (words, concepts, labels); the
+    index is the name's id. `count`, if given, is the number expected."""
+    names, seen = [], {}
+    for lineno, line in enumerate(read_lines(path), 1):
+        name = line.strip()
+        if not name:
+            raise data_error(path, lineno, "empty name")
+        if name in seen:
+            raise data_error(path, lineno, f"{name!r} is also on line {seen[name]}")
+        seen[name] = lineno
+        names.append(name)
+    if not names:
+        raise data_error(path, None, "no names in the file")
+    if count is not None and len(names) != count:
+        raise data_error(path, None, f"{len(names)} names, expected {count}")
+    return names
+
+
+def add_pair_or_drop(writer, report: Report, pair_id: int, image: Path,
+                     text: list[int], labels: list[int], link_images: bool) -> None:
+    """Write one pair if its image file decodes (a linked image is checked too);
+    otherwise the drop is counted by `read_image_or_drop`."""
+    data = read_image_or_drop(image, report)
+    if data is None:
+        return
+    if link_images:
+        writer.add(pair_id, text, labels, image_path=str(image.resolve()))
+    else:
+        writer.add(pair_id, text, labels, image=data)
+    report.kept += 1
 
 
 def parse_binary_row(line: str, path: Path, lineno: int, width: int | None) -> list[int]:
@@ -90,9 +133,12 @@ def parse_binary_row(line: str, path: Path, lineno: int, width: int | None) -> l
 def add_common_arguments(parser, *, query: int, train: int, link_images: bool = True) -> None:
     """Options every `data convert` subcommand has; defaults are the DCMH split sizes."""
     parser.add_argument("--out", required=True, help="dataset directory to write")
-    parser.add_argument("--query", type=int, default=query, help=f"query pairs (default {query})")
+    by_name = "the dataset's DCMH protocol size"   # when the default depends on --name
+    parser.add_argument("--query", type=int, default=query,
+                        help=f"query pairs (default {by_name if query is None else query})")
     parser.add_argument("--train", type=int, default=train,
-                        help=f"training pairs, drawn from the database (default {train})")
+                        help="training pairs, drawn from the database "
+                             f"(default {by_name if train is None else train})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
     parser.add_argument("--image-size", type=int, default=224,
                         help="side that loaders resize images to, recorded in meta.json")

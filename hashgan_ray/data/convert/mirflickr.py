@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 from hashgan_ray.data.convert.common import (
-    Report, add_common_arguments, print_result, progress, read_image_or_drop, read_lines)
+    Report, add_common_arguments, add_pair_or_drop, print_result, progress, read_lines)
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 
@@ -75,7 +75,7 @@ def convert(src, out, *, images=None, tags=None, annotations=None, min_tag_count
             elif not text:
                 report.drop("no vocabulary tag", image.name)
             else:
-                _add_pair(writer, report, pair_id, image, text, image_labels[pair_id],
+                add_pair_or_drop(writer, report, pair_id, image, text, image_labels[pair_id],
                           link_images)
         extra = {"report": report.as_dict(), "src": str(src.resolve()),
                  "images": str(image_dir.resolve()), "tags": str(tag_dir.resolve()),
@@ -180,14 +180,3 @@ def _vocabulary(image_tags: list[set[str]], min_count: int, tag_dir: Path) -> li
     return vocabulary
 
 
-def _add_pair(writer: DatasetWriter, report: Report, pair_id: int, path: Path,
-              text: list[int], labels: list[int], link_images: bool) -> None:
-    """Write one pair if its image decodes (a linked image is checked too)."""
-    data = read_image_or_drop(path, report)
-    if data is None:
-        return
-    if link_images:
-        writer.add(pair_id, text, labels, image_path=str(path.resolve()))
-    else:
-        writer.add(pair_id, text, labels, image=data)
-    report.kept += 1

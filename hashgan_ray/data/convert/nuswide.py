@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from hashgan_ray.data.convert.common import (
-    Report, add_common_arguments, parse_binary_row, print_result, progress,
-    read_image_or_drop, read_lines)
+    Report, add_common_arguments, add_pair_or_drop, parse_binary_row, print_result,
+    progress, read_lines, read_names)
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 
@@ -63,8 +63,8 @@ def convert(src, out, *, images=None, top_concepts: int = 21, n_query: int, n_tr
     `images` is the image root (default SRC/Flickr)."""
     src = Path(src)
     image_root = Path(images) if images is not None else src / "Flickr"
-    vocabulary = _read_names(src / TAG_LIST)
-    concepts = _read_names(src / CONCEPT_LIST)
+    vocabulary = read_names(src / TAG_LIST)
+    concepts = read_names(src / CONCEPT_LIST)
     image_files = _image_files(src / IMAGE_LIST)
     if not image_root.is_dir():
         raise data_error(image_root, None, "image directory not found (set --images)")
@@ -85,7 +85,7 @@ def convert(src, out, *, images=None, top_concepts: int = 21, n_query: int, n_tr
             elif not text:
                 report.drop("no tags", image_file)
             else:
-                _add_pair(writer, report, pair_id, image_root / image_file, text, labels,
+                add_pair_or_drop(writer, report, pair_id, image_root / image_file, text, labels,
                           link_images)
         extra = {"report": report.as_dict(), "src": str(src.resolve()),
                  "images": str(image_root.resolve()), "top_concepts": top_concepts,
@@ -118,36 +118,11 @@ def run(args) -> None:
 
 # -- reading the annotation files ------------------------------------------------
 
-def _content_lines(path: Path) -> list[str]:
-    """The file's lines without trailing blank ones (a final newline or two is
-    not a missing image)."""
-    lines = read_lines(path)
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
-
-
-def _read_names(path: Path) -> list[str]:
-    """One name per line (tag words, concepts); the index is the name's id."""
-    names, seen = [], set()
-    for lineno, line in enumerate(_content_lines(path), 1):
-        name = line.strip()
-        if not name:
-            raise data_error(path, lineno, "empty line")
-        if name in seen:
-            raise data_error(path, lineno, f"{name!r} is listed twice")
-        seen.add(name)
-        names.append(name)
-    if not names:
-        raise data_error(path, None, "no names in the file")
-    return names
-
-
 def _image_files(image_list: Path) -> list[str]:
     """`<dir>/<file>` of each image, in Imagelist.txt order. Kept as strings,
     not Paths: a quarter of a million Path objects costs real memory."""
     files = []
-    for lineno, line in enumerate(_content_lines(image_list), 1):
+    for lineno, line in enumerate(read_lines(image_list), 1):
         parts = [p for p in re.split(r"[\\/]", line.strip()) if p]
         if len(parts) < 2:
             raise data_error(image_list, lineno,
@@ -161,7 +136,7 @@ def _image_files(image_list: Path) -> list[str]:
 
 def _read_label_file(path: Path, n_images: int) -> np.ndarray:
     """Boolean column of one Labels_<concept>.txt, checked against the image count."""
-    lines = _content_lines(path)
+    lines = read_lines(path)
     if len(lines) != n_images:
         raise data_error(path, min(len(lines), n_images) + 1,
                          f"{len(lines)} lines, but {IMAGE_LIST} lists {n_images} images")
@@ -213,14 +188,3 @@ def _tag_rows(path: Path, width: int):
             yield [i for i, v in enumerate(values) if v == "1"]
 
 
-def _add_pair(writer: DatasetWriter, report: Report, pair_id: int, path: Path,
-              text: list[int], labels: list[int], link_images: bool) -> None:
-    """Write one pair if its image decodes (a linked image is checked too)."""
-    data = read_image_or_drop(path, report)
-    if data is None:
-        return
-    if link_images:
-        writer.add(pair_id, text, labels, image_path=str(path.resolve()))
-    else:
-        writer.add(pair_id, text, labels, image=data)
-    report.kept += 1
