@@ -150,8 +150,9 @@ def add_common_arguments(parser, *, query: int, train: int, link_images: bool = 
                                  "bytes (smaller, but every Ray node must see the same paths)")
 
 
-def print_result(meta, report: Report, out) -> None:
-    """The final report a person reads after a conversion."""
-    print(report.format())
+def print_result(meta, report: Report | None, out) -> None:
+    """The final report a person reads after a conversion (or generation)."""
+    if report is not None:
+        print(report.format())
     print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in meta.counts.items())
           + f"; vocabulary {meta.vocab_size} words, {meta.num_labels} labels")

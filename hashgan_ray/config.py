@@ -1,0 +1,85 @@
+"""The one training configuration: built by the CLI (or read from a JSON file),
+handed unchanged to every Ray worker, stored in every checkpoint.
+
+Defaults are the paper's (section 4.1) unless a comment says otherwise.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+BACKBONES = ("small", "resnet18", "vgg19")
+ATTENTION = ("both", "image", "text", "none")
+
+
+@dataclass
+class TrainConfig:
+    # data and run
+    data: str = ""                   # dataset directory (hashgan_ray.data.format)
+    out: str = ""                    # run directory: Ray Train storage + model/ export
+    epochs: int = 100
+    seed: int = 0
+    # model
+    bits: int = 32
+    backbone: str = "small"          # paper: vgg19; small/resnet18 are CPU-friendly choices
+    pretrained: bool = False         # ImageNet weights for vgg19/resnet18 (paper: pretrained VGG19)
+    backbone_weights: str | None = None   # their local file; None: torchvision's cache
+    image_size: int | None = None    # None: the dataset's meta.json image_size
+    attention: str = "both"          # Table 4 ablation: both | image | text | none
+    alpha_scale: float = 1.0         # α = alpha_scale/(H·W) (images), alpha_scale/d (text)
+    text_hidden: int = 8192          # BoW -> 8192 -> 1000 (section 3.2)
+    text_features: int = 1000
+    # objective and optimisation
+    margin: float = 2.0              # ε; not given in the paper (see README, "Decisions")
+    lr: float = 2e-4                 # Adam α
+    beta1: float = 0.5
+    batch_size: int = 64             # per worker
+    d_steps: int = 4                 # E/D steps ...
+    g_steps: int = 1                 # ... then G steps
+    lr_decay_every: int = 20         # epochs; the paper divides the lr by 10 every 20 epochs
+    lr_decay: float = 0.1
+    # validation
+    val_database: int = 2000         # database sample for the per-epoch MAP (0: all)
+    # distribution
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+
+    def __post_init__(self):
+        if self.bits <= 0 or self.bits % 8:
+            raise ValueError(f"bits must be a positive multiple of 8, got {self.bits}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.d_steps < 1 or self.g_steps < 0:
+            raise ValueError("d_steps must be >= 1 and g_steps >= 0")
+
+    @property
+    def image_attention(self) -> bool:
+        return self.attention in ("both", "image")
+
+    @property
+    def text_attention(self) -> bool:
+        return self.attention in ("both", "text")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path) -> "TrainConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+        return cls.from_dict(values)

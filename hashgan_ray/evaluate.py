@@ -1,0 +1,121 @@
+"""Encode dataset splits with a model and measure retrieval (no Ray).
+
+Used by the per-epoch validation of training and by `hashgan-ray eval`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from hashgan_ray import metrics
+from hashgan_ray.data.format import iter_pairs, read_meta, read_pairs
+from hashgan_ray.data.loading import BatchSpec, decode_batch
+from hashgan_ray.model.hashgan import HashGAN, pack_codes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    ids: np.ndarray           # (n,) int64 dataset ids
+    image_codes: np.ndarray   # (n, bits/8) uint8, packed
+    text_codes: np.ndarray    # (n, bits/8) uint8, packed
+    labels: np.ndarray        # (n, L) float32 multi-hot
+
+
+def sample_ids(data_dir, split: str, size: int | None, seed: int) -> np.ndarray | None:
+    """A fixed random sample of `size` ids of `split` (None: the whole split)."""
+    ids = read_pairs(data_dir, split, columns=["id"]).column("id").to_numpy()
+    if not size or size >= len(ids):
+        return None
+    return np.sort(np.random.default_rng(seed).choice(ids, size=size, replace=False))
+
+
+@torch.no_grad()
+def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_size: int = 256,
+                 only_ids: np.ndarray | None = None) -> Encoded:
+    """Codes of every pair of `split` (or of `only_ids` in it), attended features only."""
+    spec = BatchSpec.from_meta(read_meta(data_dir), model.args["image_size"])
+    wanted = pa.array(only_ids) if only_ids is not None else None
+    model.eval()
+    parts: list[tuple] = []
+    for rb in iter_pairs(data_dir, split, columns=spec.columns, batch_size=batch_size):
+        if wanted is not None:
+            rb = rb.filter(pc.is_in(rb.column("id"), wanted))
+            if not rb.num_rows:
+                continue
+        batch = decode_batch(rb.to_pydict(), spec)
+        image = torch.as_tensor(batch["image"], device=device)
+        text = torch.as_tensor(batch["text"], device=device)
+        parts.append((batch["id"], pack_codes(model.encode_image(image)),
+                      pack_codes(model.encode_text(text)), batch["labels"]))
+    if not parts:
+        raise ValueError(f"{data_dir}: split {split!r} has no rows to encode")
+    return Encoded(*(np.concatenate(cols) for cols in zip(*parts)))
+
+
+def retrieval_map(query: Encoded, database: Encoded, top_k: int | None = None) -> dict[str, float]:
+    """MAP of Hamming ranking: image queries -> texts and text queries -> images."""
+    return {
+        "map_i2t": metrics.mean_average_precision(query.image_codes, database.text_codes,
+                                                  query.labels, database.labels, top_k=top_k),
+        "map_t2i": metrics.mean_average_precision(query.text_codes, database.image_codes,
+                                                  query.labels, database.labels, top_k=top_k),
+    }
+
+
+def pr_curves(query: Encoded, database: Encoded) -> dict[str, dict]:
+    return {
+        "I->T": metrics.pr_curve(query.image_codes, database.text_codes, query.labels, database.labels),
+        "T->I": metrics.pr_curve(query.text_codes, database.image_codes, query.labels, database.labels),
+    }
+
+
+def _save_png(fig, path) -> None:
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def plot_attention_masks(model: HashGAN, data_dir, path, *, n: int = 8, split: str = "query") -> None:
+    """The paper's Figure 6: images, their learned masks, and the attended and
+    unattended parts (mask upsampled to the image)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = BatchSpec.from_meta(read_meta(data_dir), model.args["image_size"])
+    rb = next(iter_pairs(data_dir, split, columns=spec.columns, batch_size=n))
+    images = decode_batch(rb.to_pydict(), spec)["image"]                 # (n, 3, S, S) uint8
+    model.eval()
+    device = next(model.parameters()).device
+    maps = model.net.image_maps(torch.as_tensor(images, device=device))
+    mask = model.attention.image_mask(maps).float()                     # (n, 1, H, W), 0/1
+    mask = torch.nn.functional.interpolate(mask, size=images.shape[-2:], mode="nearest")
+    mask = mask[:, 0].cpu().numpy()                                     # (n, S, S)
+    pictures = images.transpose(0, 2, 3, 1) / 255.0                     # (n, S, S, 3)
+    rows = [("image", pictures), ("mask", mask),
+            ("attended", pictures * mask[..., None]),
+            ("unattended", pictures * (1 - mask[..., None]))]
+    fig, axes = plt.subplots(len(rows), len(images), figsize=(1.6 * len(images), 1.7 * len(rows)),
+                             squeeze=False)
+    for r, (title, pics) in enumerate(rows):
+        for c in range(len(images)):
+            ax = axes[r][c]
+            ax.imshow(pics[c], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(title)
+    fig.suptitle("learned image attention (mask = P >= α)")
+    _save_png(fig, path)
+    plt.close(fig)

@@ -1,0 +1,80 @@
+"""Attention module G (section 3.2, eqs. 1-3): score -> softmax -> threshold.
+
+The mask is Z = [P >= α]. Its gradient is the straight-through estimator
+(Bengio et al., the paper's [7]): forward the hard 0/1 mask, backward as if
+Z were P, so dZ/dP = 1.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _ThresholdST(torch.autograd.Function):
+    # A Function rather than `hard + p - p.detach()`: that sum is not exactly
+    # 0/1 in floating point (0.3 + 0.7 - 0.3 -> 0.99999994).
+    @staticmethod
+    def forward(ctx, p, alpha):
+        return (p >= alpha).to(p.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def threshold_st(p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Hard mask (p >= alpha), exactly 0/1, with the identity gradient to p."""
+    return _ThresholdST.apply(p, alpha)
+
+
+class ImageAttention(nn.Module):
+    """G^I: 1x1 conv scores each of the H·W positions; α = alpha_scale / (H·W)."""
+
+    def __init__(self, channels: int, alpha_scale: float = 1.0):
+        super().__init__()
+        self.score = nn.Conv2d(channels, 1, kernel_size=1)
+        self.alpha_scale = alpha_scale
+
+    def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = maps.shape                                  # (N, C, H, W)
+        p = torch.softmax(self.score(maps).flatten(1).float(), dim=1)   # (N, H·W)
+        z = threshold_st(p, self.alpha_scale / (h * w))
+        return z.view(n, 1, h, w).to(maps.dtype), p.view(n, 1, h, w)
+
+
+class TextAttention(nn.Module):
+    """G^T: fc scores each of the d text features; α = alpha_scale / d."""
+
+    def __init__(self, features: int, alpha_scale: float = 1.0):
+        super().__init__()
+        self.score = nn.Linear(features, features)
+        self.alpha_scale = alpha_scale
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = torch.softmax(self.score(feats).float(), dim=1)      # (N, d)
+        z = threshold_st(p, self.alpha_scale / feats.shape[1])
+        return z.to(feats.dtype), p
+
+
+class Attention(nn.Module):
+    """G = (G^I, G^T); a modality without attention attends to everything
+    (mask of ones, no parameters): the paper's Table 4 ablation."""
+
+    def __init__(self, channels: int, text_features: int, *, image: bool, text: bool,
+                 alpha_scale: float = 1.0):
+        super().__init__()
+        self.image = ImageAttention(channels, alpha_scale) if image else None
+        self.text = TextAttention(text_features, alpha_scale) if text else None
+
+    def image_mask(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) mask over the image feature maps."""
+        if self.image is None:
+            return maps.new_ones(maps.shape[0], 1, *maps.shape[2:])
+        return self.image(maps)[0]
+
+    def text_mask(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, d) mask over the text features."""
+        return self.text(feats)[0] if self.text is not None else torch.ones_like(feats)
+
+    def forward(self, maps: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image_mask(maps), self.text_mask(feats)

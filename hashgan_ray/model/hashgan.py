@@ -1,0 +1,119 @@
+"""HashGAN (section 3.2): feature modules E, attention G, hashing modules D.
+
+E and D live in `FeatureHashing` and G in `Attention`, two separate modules,
+because training updates them in alternation and wraps each in its own DDP
+(see hashgan_ray/train/loop.py). `HashGAN` holds both and its constructor
+arguments, which travel with the weights so a checkpoint rebuilds the model
+without the training code.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hashgan_ray.model.attention import Attention
+from hashgan_ray.model.backbones import build_image_backbone, load_pretrained
+
+# ImageNet statistics: torchvision's pretrained backbones expect them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FeatureHashing(nn.Module):
+    """E^I, E^T (features) and D^I, D^T (features -> q-bit code in [-1, 1])."""
+
+    def __init__(self, *, bits: int, backbone: str, image_size: int, vocab_size: int,
+                 text_hidden: int, text_features: int):
+        super().__init__()
+        self.image_trunk, self.image_head, self.channels, width = build_image_backbone(
+            backbone, image_size)
+        # BoW -> 8192 -> 1000 (section 3.2)
+        self.text_net = nn.Sequential(nn.Linear(vocab_size, text_hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(text_hidden, text_features), nn.ReLU(inplace=True))
+        self.image_code = nn.Linear(width, bits)
+        self.text_code = nn.Linear(text_features, bits)
+        # "all parameters [of the text modality] are randomly initialized with a
+        # Gaussian with mean zero and standard deviation 0.01" (section 4.1)
+        for layer in (*self.text_net, self.text_code):
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, 0.0, 0.01)
+                nn.init.zeros_(layer.bias)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def image_maps(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) -> feature maps (N, C, H, W)."""
+        x = (image.float() / 255.0 - self.mean) / self.std
+        return self.image_trunk(x)
+
+    def text_feats(self, text: torch.Tensor) -> torch.Tensor:
+        """BoW counts (N, V) -> features (N, d)."""
+        return self.text_net(text)
+
+    def hash_image(self, maps: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.image_code(self.image_head(maps)))     # (N, bits)
+
+    def hash_text(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.text_code(feats))                      # (N, bits)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, masks) -> dict[str, torch.Tensor]:
+        """Codes of the attended and unattended features. `masks(maps, feats)`
+        returns the two attention masks; the caller decides whether G is
+        differentiated through (see train/loop.py)."""
+        maps, feats = self.image_maps(image), self.text_feats(text)
+        z_img, z_txt = masks(maps, feats)
+        return {
+            "img": self.hash_image(z_img * maps),            # H^I   (attended)
+            "img_un": self.hash_image((1 - z_img) * maps),   # Ĥ^I   (unattended)
+            "txt": self.hash_text(z_txt * feats),            # H^T
+            "txt_un": self.hash_text((1 - z_txt) * feats),   # Ĥ^T
+        }
+
+
+class HashGAN(nn.Module):
+    def __init__(self, *, bits: int, vocab_size: int, backbone: str = "small",
+                 image_size: int = 64, text_hidden: int = 8192, text_features: int = 1000,
+                 image_attention: bool = True, text_attention: bool = True,
+                 alpha_scale: float = 1.0):
+        super().__init__()
+        self.args = dict(bits=bits, vocab_size=vocab_size, backbone=backbone,
+                         image_size=image_size, text_hidden=text_hidden,
+                         text_features=text_features, image_attention=image_attention,
+                         text_attention=text_attention, alpha_scale=alpha_scale)
+        self.net = FeatureHashing(bits=bits, backbone=backbone, image_size=image_size,
+                                  vocab_size=vocab_size, text_hidden=text_hidden,
+                                  text_features=text_features)
+        self.attention = Attention(self.net.channels, text_features, image=image_attention,
+                                   text=text_attention, alpha_scale=alpha_scale)
+
+    @property
+    def bits(self) -> int:
+        return self.args["bits"]
+
+    def load_pretrained_backbone(self, weights: str | None) -> None:
+        load_pretrained(self.net.image_trunk, self.net.image_head, self.args["backbone"], weights)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(image, text, self.attention)
+
+    # -- test time: "we use only the attended features to construct the binary codes"
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        maps = self.net.image_maps(image)
+        return self.net.hash_image(self.attention.image_mask(maps) * maps)
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        feats = self.net.text_feats(text)
+        return self.net.hash_text(self.attention.text_mask(feats) * feats)
+
+    def image_attention_map(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) attention probabilities P^I, for the mask figures."""
+        if self.attention.image is None:
+            raise ValueError("this model has no image attention")
+        return self.attention.image(self.net.image_maps(image))[1][:, 0]
+
+
+def pack_codes(h: torch.Tensor) -> np.ndarray:
+    """tanh outputs (N, bits) -> packed uint8 (N, bits/8): bit = 1 where h > 0
+    (sign(h), with sign(0) taken as the 0 bit)."""
+    return np.packbits((h.detach().float().cpu().numpy() > 0), axis=1)

@@ -1,0 +1,109 @@
+"""One optimisation step of each player, in plain PyTorch (no Ray).
+
+The alternation of section 3.3: E/D minimise the full objective with G fixed
+(eq. 8), then G maximises the adversarial loss with E/D fixed (eq. 9).
+
+Under DDP, E+D (`net`) and G (`attention`) are wrapped separately, and each
+step calls the forward of exactly one wrapper, whose parameters all receive
+gradients; the other player is run as a constant:
+
+* E/D step: the masks are computed under no_grad from the unwrapped G, so
+  they are constants and G gets no gradient (G "fixed").
+* G step: the features come from E under no_grad; the hashing layers D run
+  with requires_grad switched off, so gradients flow through them to the
+  masks but D gets none. The attended codes (the queries H^T_i, H^I_i of eq. 6)
+  are constants too: G is pushed only through the unattended codes, which is
+  the adversary the paper describes ("make the hashing module unable to
+  preserve the similarities of the unattended features").
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from hashgan_ray.losses import hashgan_losses, label_similarity, triplet_ranking_loss
+from hashgan_ray.model.hashgan import HashGAN
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Parameters of `modules` get no gradient inside the block (inputs still do)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; full precision on CPU (deterministic for a seed)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+            margin: float) -> dict[str, float]:
+    """min over E, D of the full objective (eq. 8). `net` is model.net or its DDP wrapper."""
+    def fixed_masks(maps, feats):
+        with torch.no_grad():
+            return model.attention(maps, feats)
+
+    with autocast(batch["image"].device):
+        codes = net(batch["image"], batch["text"], fixed_masks)
+    sim = label_similarity(batch["labels"], batch["labels"])
+    losses = hashgan_losses(codes, sim, margin,
+                            image_attention=model.args["image_attention"],
+                            text_attention=model.args["text_attention"])
+    optimizer.zero_grad(set_to_none=True)
+    losses["full"].backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def g_step(model: HashGAN, attention: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+           margin: float) -> dict[str, float]:
+    """max over G of the adversarial loss (eq. 9). `attention` is model.attention
+    or its DDP wrapper."""
+    net = model.net
+    image, text = batch["image"], batch["text"]
+    sim = label_similarity(batch["labels"], batch["labels"])
+    with autocast(image.device):
+        with torch.no_grad():
+            maps, feats = net.image_maps(image), net.text_feats(text)
+        z_img, z_txt = attention(maps, feats)
+        with torch.no_grad():                                   # queries: attended codes
+            q_img = net.hash_image(z_img.detach() * maps)
+            q_txt = net.hash_text(z_txt.detach() * feats)
+        adversarial = maps.new_zeros(())
+        with frozen(net.image_head, net.image_code, net.text_code):
+            if model.args["image_attention"]:                   # F_{T->Î}
+                adversarial = adversarial + triplet_ranking_loss(
+                    q_txt, net.hash_image((1 - z_img) * maps), sim, margin)
+            if model.args["text_attention"]:                    # F_{I->T̂}
+                adversarial = adversarial + triplet_ranking_loss(
+                    q_img, net.hash_text((1 - z_txt) * feats), sim, margin)
+            optimizer.zero_grad(set_to_none=True)
+            (-adversarial).backward()                           # gradient ascent
+    optimizer.step()
+    return {"g_adversarial": float(adversarial.detach())}
+
+
+def has_attention(model: HashGAN) -> bool:
+    return any(True for _ in model.attention.parameters())
+
+
+def build_optimizers(model: HashGAN, lr: float, beta1: float):
+    """Adam for E+D and, when the model has attention, Adam for G (section 4.1)."""
+    opt_ed = torch.optim.Adam(model.net.parameters(), lr=lr, betas=(beta1, 0.999))
+    opt_g = (torch.optim.Adam(model.attention.parameters(), lr=lr, betas=(beta1, 0.999))
+             if has_attention(model) else None)
+    return opt_ed, opt_g
+
+
+def is_g_step(step: int, d_steps: int, g_steps: int) -> bool:
+    """Steps d_steps .. d_steps+g_steps-1 of every cycle are G steps (4:1 by default)."""
+    return g_steps > 0 and step % (d_steps + g_steps) >= d_steps

@@ -1,0 +1,38 @@
+import torch
+
+from hashgan_ray.model.attention import Attention, ImageAttention, TextAttention, threshold_st
+
+
+def test_threshold_is_hard_forward_and_identity_backward():
+    p = torch.tensor([[0.1, 0.25, 0.3, 0.35]], requires_grad=True)
+    z = threshold_st(p, 0.25)
+    assert z.tolist() == [[0.0, 1.0, 1.0, 1.0]]             # P >= α, the boundary included
+    (z * torch.tensor([[1.0, 2.0, 3.0, 4.0]])).sum().backward()
+    assert p.grad.tolist() == [[1.0, 2.0, 3.0, 4.0]]        # straight through: dZ/dP = 1
+
+
+def test_image_mask_uses_alpha_over_hw():
+    att = ImageAttention(channels=2, alpha_scale=1.0)
+    with torch.no_grad():
+        att.score.weight.copy_(torch.tensor([[[[1.0]], [[0.0]]]]))
+        att.score.bias.zero_()
+    maps = torch.zeros(1, 2, 2, 2)
+    maps[0, 0] = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    z, p = att(maps)
+    expected_p = torch.softmax(torch.tensor([0.0, 1.0, 2.0, 3.0]), 0).view(1, 1, 2, 2)
+    assert torch.allclose(p, expected_p)
+    assert z.tolist() == (expected_p >= 0.25).float().tolist()   # α = 1/(H·W) = 1/4
+    z2, _ = ImageAttention(2, alpha_scale=2.0).requires_grad_(False)(maps)
+    assert z2.shape == (1, 1, 2, 2)
+
+
+def test_text_mask_alpha_over_d_and_ablation_switches():
+    att = TextAttention(features=4, alpha_scale=1.0)
+    feats = torch.randn(3, 4)
+    z, p = att(feats)
+    assert torch.equal(z, (p >= 0.25).float())
+    off = Attention(channels=2, text_features=4, image=False, text=False)
+    assert list(off.parameters()) == []
+    maps = torch.randn(3, 2, 5, 5)
+    z_img, z_txt = off(maps, feats)
+    assert z_img.shape == (3, 1, 5, 5) and bool((z_img == 1).all()) and bool((z_txt == 1).all())

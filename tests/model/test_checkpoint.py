@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from hashgan_ray.model.checkpoint import export_model, fingerprint, load_model, write_model_files
+from hashgan_ray.model.hashgan import HashGAN, pack_codes
+
+
+def test_pack_codes_sign_convention():
+    h = torch.tensor([[0.5, -0.1, 0.0, 1.0, -1.0, 0.2, -0.3, 0.9]])
+    assert pack_codes(h).tolist() == [[0b10010101]]
+    assert pack_codes(torch.zeros(3, 16)).shape == (3, 2)
+
+
+def test_model_dir_round_trip_without_training_code(tmp_path):
+    torch.manual_seed(0)
+    model = HashGAN(bits=16, vocab_size=10, text_hidden=8, text_features=6, image_size=32)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    write_model_files(ckpt, model, vocabulary=[f"w{i}" for i in range(10)], label_names=["a"],
+                      train_config={"bits": 16})
+    out = export_model(ckpt, tmp_path / "model")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt"]
+    assert fingerprint(out) == fingerprint(ckpt)
+    text = torch.zeros(2, 10)
+    text[0, 3] = 1
+    text[1, 7] = 2
+    expected = pack_codes(model.eval().encode_text(text))
+    loaded, config = load_model(out)
+    assert config["vocabulary"][3] == "w3" and config["model"]["bits"] == 16
+    assert np.array_equal(pack_codes(loaded.encode_text(text)), expected)
+    # A fresh interpreter loads it with weights_only=True, importing neither Ray
+    # nor the training code.
+    script = (
+        "import sys, torch\n"
+        "from hashgan_ray.model.checkpoint import load_model\n"
+        f"m, c = load_model({str(out)!r})\n"
+        "print(sorted(k for k in sys.modules if k.startswith(('ray', 'hashgan_ray.train'))))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert json.loads((out / "config.json").read_text())["format_version"] == 1

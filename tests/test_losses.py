@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+
+from hashgan_ray.losses import hashgan_losses, label_similarity, triplet_ranking_loss
+
+
+def test_label_similarity_is_share_at_least_one_label():
+    a = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    b = torch.tensor([[0, 0, 1], [1, 1, 0], [0, 0, 0]])
+    assert label_similarity(a, b).tolist() == [[True, True, False], [False, True, False]]
+
+
+def test_triplet_loss_hand_computed():
+    # one query at the origin; database: j0 positive at distance 1, k1 negative at
+    # distance 2, k2 negative at distance 0.5.  Triplets <0,0,1>, <0,0,2>:
+    # max(0, 1 + 1 - 2) = 0 and max(0, 1 + 1 - 0.5) = 1.5  -> mean 0.75
+    q = torch.tensor([[0.0, 0.0]])
+    db = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.5, 0.0]])
+    sim = torch.tensor([[True, False, False]])
+    assert triplet_ranking_loss(q, db, sim, margin=1.0).item() == pytest.approx(0.75)
+
+
+def test_intra_modal_excludes_the_query_itself():
+    # codes 0 and 1 share a label, 2 does not.  Without self-pairs the triplets
+    # are <0,1,2> and <1,0,2>:  d01 = 1, d02 = 2, d12 = sqrt(5).
+    h = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    sim = label_similarity(torch.tensor([[1, 0], [1, 0], [0, 1]]), torch.tensor([[1, 0], [1, 0], [0, 1]]))
+    expected = (max(0, 3 + 1 - 2) + max(0, 3 + 1 - math.sqrt(5))) / 2
+    assert triplet_ranking_loss(h, h, sim, 3.0, same_modality=True).item() == pytest.approx(expected)
+
+
+def test_no_valid_triplet_is_zero_with_a_graph():
+    h = torch.randn(3, 4, requires_grad=True)
+    sim = torch.ones(3, 3, dtype=torch.bool)
+    loss = triplet_ranking_loss(h, h, sim, 1.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert h.grad is not None
+
+
+def test_full_objective_sums_the_terms_and_respects_the_ablation():
+    torch.manual_seed(0)
+    codes = {k: torch.tanh(torch.randn(6, 8)) for k in ("img", "img_un", "txt", "txt_un")}
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1], [1, 1], [0, 1]])
+    sim = label_similarity(labels, labels)
+    both = hashgan_losses(codes, sim, 1.0, image_attention=True, text_attention=True)
+    assert both["t2i_adv"].item() == pytest.approx(
+        triplet_ranking_loss(codes["txt"], codes["img_un"], sim, 1.0).item())
+    assert both["full"].item() == pytest.approx(sum(both[k].item() for k in (
+        "t2i", "i2t", "i2i", "t2t", "t2i_adv", "i2t_adv")))
+    image_only = hashgan_losses(codes, sim, 1.0, image_attention=True, text_attention=False)
+    assert image_only["i2t_adv"].item() == 0.0 and image_only["t2i_adv"].item() > 0
