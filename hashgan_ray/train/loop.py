@@ -70,6 +70,22 @@ def validate(model, cfg, val_ids, device) -> dict[str, float]:
     return retrieval_map(query, database)
 
 
+def replicas_in_sync(model: torch.nn.Module, world: int) -> bool:
+    """True if every rank holds the same parameters (what DDP promises); three
+    float64 checksums per rank, compared across ranks."""
+    if world == 1:
+        return True
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
+    ramp = torch.linspace(0, 1, len(flat), dtype=torch.float64)
+    mine = torch.stack([flat.sum(), flat.pow(2).sum(), (flat * ramp).sum()])
+    device = next(model.parameters()).device
+    gathered = [torch.zeros(3, dtype=torch.float64, device=device) for _ in range(world)]
+    dist.all_gather(gathered, mine.to(device))
+    return all(torch.equal(gathered[0], g) for g in gathered)
+
+
 def train_loop_per_worker(config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = TrainConfig.from_dict(config)
@@ -121,6 +137,8 @@ def train_loop_per_worker(config: dict) -> None:
             s.step()
         seconds = time.perf_counter() - started
         report = {"epoch": epoch + 1, "samples_per_s": samples * world / max(seconds, 1e-9),
+                  "attempt_start_epoch": start_epoch + 1,      # > 1 after a resume or recovery
+                  "replicas_in_sync": float(replicas_in_sync(model, world)),
                   **{f"loss_{k}": sums[k] / counts[k] for k in sums}}
         if rank == 0:
             model.eval()
