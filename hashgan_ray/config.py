@@ -39,6 +39,10 @@ class TrainConfig:
     g_steps: int = 1                 # ... then G steps
     lr_decay_every: int = 20         # epochs; the paper divides the lr by 10 every 20 epochs
     lr_decay: float = 0.1
+    # data
+    cache_train: bool = True         # decode the train split once into Ray's object store
+                                     # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
+                                     # False: stream and decode it again every epoch
     # validation
     val_database: int = 2000         # database sample for the per-epoch MAP (0: all)
     # distribution
