@@ -60,23 +60,23 @@ def build_image_backbone(name: str, image_size: int) -> tuple[nn.Module, nn.Modu
 
 def pretrained_path(name: str, weights: str | None) -> Path:
     """The local file to load: `weights` if given, else torchvision's cache."""
+    if name not in TORCHVISION_FILES:
+        raise ValueError(f"no pretrained weights exist for the {name!r} backbone")
     if weights:
         path = Path(weights)
     else:
         hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-        path = hub / "hub" / "checkpoints" / TORCHVISION_FILES.get(name, f"{name}.pth")
+        path = hub / "hub" / "checkpoints" / TORCHVISION_FILES[name]
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained {name} weights not found at {path}. Nothing is downloaded at run "
-            f"time: copy torchvision's ImageNet file ({TORCHVISION_FILES.get(name, '?')}) "
+            f"time: copy torchvision's ImageNet file ({TORCHVISION_FILES[name]}) "
             "there, or pass --backbone-weights PATH")
     return path
 
 
 def load_pretrained(trunk: nn.Module, head: nn.Module, name: str, weights: str | None) -> None:
     """Copy torchvision ImageNet weights into the trunk and head (weights_only load)."""
-    if name not in TORCHVISION_FILES:
-        raise ValueError(f"no pretrained weights exist for the {name!r} backbone")
     state = torch.load(pretrained_path(name, weights), map_location="cpu", weights_only=True)
     full = getattr(models, name)(weights=None)
     full.load_state_dict(state)          # checks the file really is this architecture
