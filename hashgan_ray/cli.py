@@ -127,9 +127,12 @@ def train_config(args):
 
 def connect_ray(address: str | None, num_cpus: int | None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`),
-    else start a local Ray with an explicit CPU count."""
+    else start a local Ray with an explicit CPU count. A Ray this process has
+    already joined (tests, notebooks) is kept."""
     import ray
 
+    if ray.is_initialized():
+        return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
@@ -178,6 +181,60 @@ def cmd_eval(args) -> None:
             json.dump(result, f, indent=1)
 
 
+def _split_arg(split: str) -> str | None:
+    return None if split == "all" else split
+
+
+def _encode_bar(total: int):
+    from hashgan_ray.data.convert.common import progress
+    return progress(None, total, "encode")
+
+
+def _job_options(args) -> dict:
+    return {"batch_size": args.batch_size, "actors": args.actors}
+
+
+def cmd_index_build(args) -> None:
+    from hashgan_ray.index.build import build_index
+    from hashgan_ray.index.store import recall_at_k
+
+    connect_ray(args.address, args.num_cpus)
+    m = build_index(args.checkpoint, args.data, args.out, split=_split_arg(args.split),
+                    kind=args.kind, shards=args.shards, overwrite=args.overwrite,
+                    progress=_encode_bar, **_job_options(args))
+    print(f"indexed {m['count']} pairs of {args.data} ({m['kind']}, {m['bits']} bits, "
+          f"{len(m['shards'])} shard(s)) in {os.path.abspath(args.out)}")
+    if m["kind"] != "flat":
+        r = recall_at_k(args.out, k=args.recall_k, queries=args.recall_queries)
+        print(f"recall@{args.recall_k} of {m['kind']} against exact search "
+              f"({min(args.recall_queries, m['count'])} queries): text->image {r['image']:.3f}, "
+              f"image->text {r['text']:.3f}")
+
+
+def cmd_index_add(args) -> None:
+    from hashgan_ray.index.build import add_to_index
+    from hashgan_ray.index.store import read_manifest
+
+    before = read_manifest(args.index)["count"]
+    connect_ray(args.address, args.num_cpus)
+    m = add_to_index(args.index, args.data, checkpoint=args.checkpoint,
+                     split=_split_arg(args.split), progress=_encode_bar, **_job_options(args))
+    print(f"added {m['count'] - before} pairs of {args.data} to {args.index} "
+          f"(now {m['count']}; restart the service to search them)")
+
+
+def _add_encode_arguments(parser) -> None:
+    parser.add_argument("--split", default="database",
+                        choices=["query", "train", "database", "all"],
+                        help="rows to encode (default database, i.e. train + database)")
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per encoder batch")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="encoder actors (default: one per GPU, else one per CPU)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashgan-ray", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -213,6 +270,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--figures", default="eval-figures",
                           help="directory for pr_curves.png and attention_masks.png")
     evaluate.set_defaults(func=cmd_eval)
+
+    index = commands.add_parser("index", help="encode a dataset with Ray Data and index it in FAISS")
+    index_cmds = index.add_subparsers(dest="index_command", required=True)
+    build = index_cmds.add_parser("build", help="encode a split and write an index directory")
+    build.add_argument("--checkpoint", required=True, help="model or checkpoint directory")
+    build.add_argument("--data", required=True, help="dataset directory")
+    build.add_argument("--out", required=True, help="index directory to write")
+    build.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf", "multihash"],
+                       help="flat (exact, default) or an approximate kind for very large databases")
+    build.add_argument("--shards", type=int, default=1, help="contiguous shards (default 1)")
+    build.add_argument("--overwrite", action="store_true")
+    build.add_argument("--recall-k", type=int, default=10,
+                       help="k of the recall printed for approximate kinds")
+    build.add_argument("--recall-queries", type=int, default=200)
+    _add_encode_arguments(build)
+    build.set_defaults(func=cmd_index_build)
+
+    add = index_cmds.add_parser("add", help="encode new pairs and add them to an index")
+    add.add_argument("--index", required=True, help="index directory")
+    add.add_argument("--data", required=True, help="dataset directory of the new pairs")
+    add.add_argument("--checkpoint", default=None,
+                     help="the index's model (default: the path in its manifest)")
+    _add_encode_arguments(add)
+    add.set_defaults(func=cmd_index_add)
 
     convert = data_cmds.add_parser("convert", help="convert a downloaded dataset")
     formats = convert.add_subparsers(dest="format", required=True)

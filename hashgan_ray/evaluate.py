@@ -40,6 +40,17 @@ def sample_ids(data_dir, split: str, size: int | None, seed: int) -> np.ndarray 
 
 
 @torch.no_grad()
+def encode_arrays(model: HashGAN, image: np.ndarray, text: np.ndarray,
+                  device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images uint8 (n, 3, S, S) and word counts (n, V) -> packed image
+    and text codes, each uint8 (n, bits/8), from the attended features only.
+    The one encoding step of evaluation, the index build and the benchmarks."""
+    image_codes = pack_codes(model.encode_image(torch.as_tensor(image, device=device)))
+    text_codes = pack_codes(model.encode_text(torch.as_tensor(text, device=device)))
+    return image_codes, text_codes
+
+
+@torch.no_grad()
 def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_size: int = 256,
                  only_ids: np.ndarray | None = None) -> Encoded:
     """Codes of every pair of `split` (or of `only_ids` in it), attended features only."""
@@ -53,10 +64,8 @@ def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_si
             if not rb.num_rows:
                 continue
         batch = decode_batch(rb.to_pydict(), spec)
-        image = torch.as_tensor(batch["image"], device=device)
-        text = torch.as_tensor(batch["text"], device=device)
-        parts.append((batch["id"], pack_codes(model.encode_image(image)),
-                      pack_codes(model.encode_text(text)), batch["labels"]))
+        parts.append((batch["id"], *encode_arrays(model, batch["image"], batch["text"], device),
+                      batch["labels"]))
     if not parts:
         raise ValueError(f"{data_dir}: split {split!r} has no rows to encode")
     return Encoded(*(np.concatenate(cols) for cols in zip(*parts)))

@@ -20,3 +20,27 @@ def local_ray():
              configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):
+    """An untrained, small HashGAN model directory for `data_dir`'s vocabulary
+    (text_hidden 32): cheap to make, loads like an exported one."""
+    import torch
+
+    from hashgan_ray.data.format import read_meta
+    from hashgan_ray.model.checkpoint import write_model_files
+    from hashgan_ray.model.hashgan import HashGAN
+
+    meta = read_meta(data_dir)
+    torch.manual_seed(seed)
+    model = HashGAN(bits=bits, vocab_size=meta.vocab_size, text_hidden=32, text_features=16)
+    out.mkdir(parents=True)
+    write_model_files(out, model, vocabulary=meta.vocabulary, label_names=meta.label_names,
+                      train_config={})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synth_data, tmp_path_factory):
+    """A 16-bit model directory for synth_data, shared read-only."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model", synth_data)
