@@ -2,8 +2,8 @@
 
 Each pair carries 1-3 labels out of L. Its image is a cluttered canvas: every
 label appears once as a small class-specific pattern (a fixed binary template in
-the class's colour), among more distractor patterns that carry no label, on a
-noisy background; together the label patterns cover well under a quarter of
+the class's own saturated hue), among more near-grey distractor patterns that
+carry no label, on a noisy background; together the label patterns cover well under a quarter of
 the image (3 patterns of (S/8)^2 pixels = 4.7% at most). Its text mixes a few
 label-specific words (each dropped with some probability) with many noise words.
 So most of each modality is clutter, which is what the attention module is
@@ -55,7 +55,14 @@ class World:
         # (n_templates, p, p) binary shapes, about half the pixels on
         self.templates = rng.random((n_templates, p, p)) < 0.5
         self.masks = self.templates[..., None]                # (n_templates, p, p, 1) for copyto
-        self.colors = rng.integers(40, 256, size=(n_templates, 3), dtype=np.uint8)
+        # Label patterns in saturated colours of evenly spaced hues; distractors in
+        # near-greys. Colour says "this may matter", the shape says which label:
+        # learnable from a few thousand images, yet most of the canvas is clutter.
+        hues = np.arange(cfg.num_labels) / cfg.num_labels
+        label_colors = np.stack([_hue_to_rgb(h) for h in hues])
+        grey = rng.integers(70, 230, size=(cfg.distractor_kinds, 1))
+        tint = rng.integers(-20, 21, size=(cfg.distractor_kinds, 3))
+        self.colors = np.concatenate([label_colors, np.clip(grey + tint, 0, 255)]).astype(np.uint8)
         self.label_names = [CONCEPTS[i] if i < len(CONCEPTS) else f"concept{i}"
                             for i in range(cfg.num_labels)]
         label_words = [w if k == 0 else f"{w}{k + 1}" for w in self.label_names
@@ -74,6 +81,12 @@ class World:
         return words
 
 
+def _hue_to_rgb(hue: float) -> np.ndarray:
+    """Fully saturated, full-value colour of `hue` in [0, 1), as 0..255 RGB."""
+    k = (np.array([5.0, 3.0, 1.0]) + hue * 6) % 6
+    return 255 * (1 - np.clip(np.minimum(k, 4 - k), 0, 1))
+
+
 def render_image(world: World, labels: list[int], cfg: SynthConfig,
                  rng: np.random.Generator) -> np.ndarray:
     """(S, S, 3) uint8 canvas with one pattern per label plus distractors."""
@@ -85,7 +98,9 @@ def render_image(world: World, labels: list[int], cfg: SynthConfig,
     n_distract = rng.integers(cfg.distractors[0], cfg.distractors[1] + 1)
     kinds = np.concatenate([labels, cfg.num_labels + rng.integers(0, cfg.distractor_kinds, n_distract)])
     corners = rng.integers(0, s - p + 1, size=(len(kinds), 2))
-    for kind, (y, x) in zip(rng.permutation(kinds), corners):   # later patterns may cover earlier ones
+    # Distractors first, label patterns last: clutter never hides a label, though
+    # label patterns may overlap each other.
+    for kind, (y, x) in zip(kinds[::-1], corners):
         np.copyto(img[y:y + p, x:x + p], world.colors[kind], where=world.masks[kind])
     return img
 

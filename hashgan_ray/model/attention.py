@@ -3,6 +3,12 @@
 The mask is Z = [P >= α]. Its gradient is the straight-through estimator
 (Bengio et al., the paper's [7]): forward the hard 0/1 mask, backward as if
 Z were P, so dZ/dP = 1.
+
+The scoring layers start at zero (a choice; the paper gives no initialisation
+for G): every P is then exactly uniform, 1/(H·W) or 1/d, so Z starts as all
+ones - the model without attention - and G departs from it as it learns. A
+random start instead hides about half of every image and text from the
+hashing module from the first step, label evidence included.
 """
 from __future__ import annotations
 
@@ -27,12 +33,18 @@ def threshold_st(p: torch.Tensor, alpha: float) -> torch.Tensor:
     return _ThresholdST.apply(p, alpha)
 
 
+def _zero(layer: nn.Module) -> nn.Module:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class ImageAttention(nn.Module):
     """G^I: 1x1 conv scores each of the H·W positions; α = alpha_scale / (H·W)."""
 
     def __init__(self, channels: int, alpha_scale: float = 1.0):
         super().__init__()
-        self.score = nn.Conv2d(channels, 1, kernel_size=1)
+        self.score = _zero(nn.Conv2d(channels, 1, kernel_size=1))
         self.alpha_scale = alpha_scale
 
     def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +59,7 @@ class TextAttention(nn.Module):
 
     def __init__(self, features: int, alpha_scale: float = 1.0):
         super().__init__()
-        self.score = nn.Linear(features, features)
+        self.score = _zero(nn.Linear(features, features))
         self.alpha_scale = alpha_scale
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

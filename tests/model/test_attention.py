@@ -36,3 +36,12 @@ def test_text_mask_alpha_over_d_and_ablation_switches():
     maps = torch.randn(3, 2, 5, 5)
     z_img, z_txt = off(maps, feats)
     assert z_img.shape == (3, 1, 5, 5) and bool((z_img == 1).all()) and bool((z_txt == 1).all())
+
+
+def test_fresh_attention_attends_to_everything():
+    # Zero-initialised scores: P is uniform, exactly α at scale 1, so the first
+    # masks are all ones (the no-attention model) for any input and any d.
+    for d in (4, 512, 1000):
+        att = Attention(channels=3, text_features=d, image=True, text=True)
+        z_img, z_txt = att(torch.randn(2, 3, 7, 7), torch.rand(2, d))
+        assert bool((z_img == 1).all()) and bool((z_txt == 1).all())
