@@ -223,6 +223,37 @@ def cmd_index_add(args) -> None:
           f"(now {m['count']}; restart the service to search them)")
 
 
+def cmd_serve(args) -> None:
+    """The Serve application in the foreground until Ctrl-C / SIGTERM, then a clean stop."""
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    from hashgan_ray.serving.app import build_app
+
+    app = build_app({"checkpoint": args.checkpoint, "index": args.index,
+                     "encoder_replicas": args.encoder_replicas})    # refuses a mismatch first
+    connect_ray(args.address, args.num_cpus)
+    # Our handlers, set after Ray's: Ctrl-C and SIGTERM (also in a background job,
+    # where the shell ignores SIGINT) end the wait below, even during start-up.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port,
+                                  "request_timeout_s": args.request_timeout})
+        serve.run(app, name="hashgan", route_prefix="/")
+        print(f"serving on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+        while not stop.wait(1.0):
+            pass
+        print("stopping", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def _add_encode_arguments(parser) -> None:
     parser.add_argument("--split", default="database",
                         choices=["query", "train", "database", "all"],
@@ -294,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the index's model (default: the path in its manifest)")
     _add_encode_arguments(add)
     add.set_defaults(func=cmd_index_add)
+
+    srv = commands.add_parser("serve", help="answer searches over HTTP (Ray Serve), in the foreground")
+    srv.add_argument("--checkpoint", required=True, help="model or checkpoint directory")
+    srv.add_argument("--index", required=True, help="index directory built for that model")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--encoder-replicas", type=int, default=1)
+    srv.add_argument("--request-timeout", type=float, default=30.0,
+                     help="Serve's end-to-end limit per request, seconds (default 30)")
+    srv.add_argument("--address", default=None,
+                     help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    srv.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    srv.set_defaults(func=cmd_serve)
 
     convert = data_cmds.add_parser("convert", help="convert a downloaded dataset")
     formats = convert.add_subparsers(dest="format", required=True)

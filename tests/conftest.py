@@ -44,3 +44,28 @@ def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):
 def tiny_model(synth_data, tmp_path_factory):
     """A 16-bit model directory for synth_data, shared read-only."""
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model", synth_data)
+
+
+def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
+    """An exact index of `data_dir`'s database codes, written in-process without
+    Ray Data (tests/index covers the Ray Data job) -> out."""
+    from hashgan_ray.evaluate import encode_split
+    from hashgan_ray.index import store
+    from hashgan_ray.model.checkpoint import fingerprint, load_model
+
+    model, _ = load_model(model_dir)
+    db = encode_split(model, data_dir, "database")
+    store.write_index(out, lambda w: w.add(db.ids, db.image_codes, db.text_codes),
+                      bits=model.bits, kind="flat", shards=shards, manifest_fields={
+                          "checkpoint": {"path": str(model_dir),
+                                         "fingerprint": fingerprint(model_dir)},
+                          "datasets": [], "dataset_fingerprint": ""})
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,225 @@
+"""The Serve application over real HTTP (httpx) on a real local Ray: one app for the module."""
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import free_port, write_exact_index, write_tiny_model
+from hashgan_ray.cli import main
+from hashgan_ray.data.format import read_meta, read_pairs
+from hashgan_ray.evaluate import encode_split
+from hashgan_ray.index import store
+from hashgan_ray.metrics import hamming_distances
+from hashgan_ray.model.checkpoint import fingerprint, load_model
+
+httpx = pytest.importorskip("httpx")
+TOKEN = "test-token-7f3a"
+LIMITS = {"max_image_bytes": 60_000, "max_body_bytes": 100_000, "max_image_pixels": 500_000}
+
+
+@pytest.fixture(scope="module")
+def index_dir(synth_data, tiny_model, tmp_path_factory):
+    """A 2-shard exact index of the database codes."""
+    return write_exact_index(tmp_path_factory.mktemp("served") / "index", tiny_model, synth_data,
+                             shards=2)
+
+
+@pytest.fixture(scope="module")
+def service(local_ray, tiny_model, index_dir):
+    from ray import serve
+
+    from hashgan_ray.serving.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"checkpoint": str(tiny_model), "index": str(index_dir), "limits": LIMITS}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HASHGAN_API_TOKEN", TOKEN)
+        serve.run(build_app(args), name="hashgan", route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    yield client, args, port
+    client.close()
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def queries(synth_data):
+    """Query-split pairs as the API receives them: words and image bytes."""
+    vocab = read_meta(synth_data).vocabulary
+    rows = read_pairs(synth_data, "query", columns=["id", "text", "image"]).to_pylist()[:12]
+    return [{"words": [vocab[i] for i in r["text"]], "image": r["image"]} for r in rows]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png(width, height) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def brute(code_hex: str, db_codes: np.ndarray, ids: np.ndarray):
+    q = np.frombuffer(bytes.fromhex(code_hex), np.uint8)[None]
+    d = hamming_distances(q, db_codes)[0]
+    order = np.argsort(d, kind="stable")                  # ties by database order
+    return [{"id": int(ids[i]), "distance": int(d[i])} for i in order]
+
+
+def test_served_results_are_the_brute_force_ranking(service, queries, index_dir):
+    client, _, _ = service
+    codes = store.read_codes(index_dir)
+    for q in queries[:6]:
+        code = client.post("/v1/encode", json={"text": q["words"]}).json()["code"]
+        r = client.post("/v1/search", json={"text": q["words"], "k": 1000}).json()
+        assert r["bits"] == 16 and r["target"] == "image" and r["unknown_words"] == []
+        assert r["results"] == brute(code, codes.image, codes.ids)         # all 216, in order
+        near = client.post("/v1/search", json={"text": q["words"], "radius": 5}).json()
+        assert near["results"] == [x for x in r["results"] if x["distance"] <= 5]
+
+        code = client.post("/v1/encode", json={"image": b64(q["image"])}).json()["code"]
+        r = client.post("/v1/search", json={"image": b64(q["image"]), "k": 30}).json()
+        assert r["target"] == "text"
+        assert r["results"] == brute(code, codes.text, codes.ids)[:30]
+        upload = client.post("/v1/search/image", files={"file": ("q.png", q["image"], "image/png")},
+                             data={"k": "30"}).json()
+        assert upload["results"] == r["results"]
+
+
+def test_the_served_code_is_the_model_code(service, tiny_model, synth_data):
+    client, _, _ = service
+    model, _ = load_model(tiny_model)
+    query = encode_split(model, synth_data, "query")
+    row = read_pairs(synth_data, "query", columns=["image"]).column("image")[0].as_py()
+    r = client.post("/v1/encode", json={"image": b64(row)}).json()
+    assert r == {"code": query.image_codes[0].tobytes().hex(), "bits": 16, "modality": "image",
+                 "unknown_words": []}
+
+
+def test_concurrent_mixed_queries_are_batched_correctly(service, queries):
+    client, _, _ = service
+    bodies = []
+    for i, q in enumerate(queries):
+        bodies.append({"text": q["words"], "k": 3 + i})
+        bodies.append({"image": b64(q["image"]), "k": 5, "target": "image" if i % 2 else "text"})
+    one_by_one = [client.post("/v1/search", json=b).json()["results"] for b in bodies]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda b: client.post("/v1/search", json=b).json()["results"],
+                                 bodies))
+    assert together == one_by_one
+    assert [len(r) for r in together[::2]] == [3 + i for i in range(len(queries))]
+
+
+BAD = [
+    # (body or request kwargs, status, words of the message)
+    (b'{"text": "sky"', 400, "not valid JSON"),
+    (b"", 400, "body is empty"),
+    (b"\xff\xfe{}", 400, "not UTF-8"),
+    (b'["sky"]', 400, "must be a JSON object"),
+    (b'{"text": 5}', 400, "must be a string or a list of strings"),
+    (b'{"text": ["sky", 3]}', 400, "only strings"),
+    (b'{}', 400, "neither was given"),
+    (b'{"k": 5}', 400, "neither was given"),
+    (b'{"text": "sky", "image": "aGk="}', 400, "both were given"),
+    (b'{"text": "   "}', 400, "'text' is empty"),
+    (b'{"text": []}', 400, "'text' is empty"),
+    (b'{"text": "zzqx blorp"}', 400, "none of the query's words"),
+    (b'{"text": "sky", "k": 0}', 400, "between 1 and 1000"),
+    (b'{"text": "sky", "k": 1001}', 400, "between 1 and 1000"),
+    (b'{"text": "sky", "k": "5"}', 400, "'k' must be an integer"),
+    (b'{"text": "sky", "k": 2.5}', 400, "'k' must be an integer"),
+    (b'{"text": "sky", "radius": 17}', 400, "'radius' must be between 0 and 16"),
+    (b'{"text": "sky", "target": "video"}', 400, "'target' must be"),
+    (b'{"text": "sky", "colour": "red"}', 400, "unknown field"),
+    (b'{"image": "not base64!"}', 400, "not valid base64"),
+    (b'{"image": 12}', 400, "must be a base64 string"),
+    (json.dumps({"image": b64(b"GIF89a but not really an image")}).encode(), 400,
+     "not a JPEG or PNG"),
+    (json.dumps({"image": b64(png(64, 64)[:60])}).encode(), 400, "could not be decoded"),
+    (json.dumps({"image": b64(png(1000, 1000))}).encode(), 413, "at most 500000 pixels"),
+    (json.dumps({"image": b64(np.random.default_rng(0).bytes(70_000))}).encode(), 413,
+     "larger than 60000 bytes"),
+    (b'{"text": "' + b"sky " * 30_000 + b'"}', 413, "body is larger than 100000 bytes"),
+]
+
+
+@pytest.mark.parametrize("body,status,message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_gets_a_json_4xx_and_the_service_goes_on(service, queries, body, status, message):
+    client, _, _ = service
+    r = client.post("/v1/search", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["status"] == status and message in r.json()["error"]
+    good = client.post("/v1/search", json={"text": queries[0]["words"], "k": 2})
+    assert good.status_code == 200 and len(good.json()["results"]) == 2
+
+
+def test_bad_uploads_and_requests_outside_the_api(service, queries):
+    client, _, _ = service
+    cases = [
+        (client.post("/v1/search/image", data={"k": "3"}, files={"other": ("x", b"1")}), 400,
+         "field named 'file'"),
+        (client.post("/v1/search/image", files={"file": ("q.png", b"text, not png")}), 400,
+         "not a JPEG or PNG"),
+        (client.post("/v1/search/image", files={"file": ("q.png", queries[0]["image"])},
+                     data={"k": "lots"}), 400, "'k' must be an integer"),
+        (client.post("/v1/search/image", json={"image": "aGk="}), 415, "multipart/form-data"),
+        (client.post("/v1/encode", json={"text": "sky", "k": 3}), 400, "unknown field"),
+        (client.get("/v1/search"), 405, "Method Not Allowed"),
+        (client.get("/v2/search"), 404, "Not Found"),
+    ]
+    for r, status, message in cases:
+        assert r.status_code == status and message in r.json()["error"], r.text
+    assert client.post("/v1/search", json={"text": queries[0]["words"]}).status_code == 200
+    unknown = client.post("/v1/search", json={"text": queries[0]["words"] + ["zzqx"]}).json()
+    assert unknown["unknown_words"] == ["zzqx"] and len(unknown["results"]) == 10
+
+
+def test_info_describes_the_model_and_the_index(service, tiny_model):
+    client, _, _ = service
+    info = client.get("/v1/info").json()
+    assert info["model"]["bits"] == 16 and info["model"]["fingerprint"] == fingerprint(tiny_model)
+    assert info["index"]["count"] == 216 and len(info["index"]["shards"]) == 2
+    assert info["limits"]["max_k"] == 1000
+
+
+def test_an_index_of_another_model_is_refused(index_dir, synth_data, tmp_path, capsys):
+    from hashgan_ray.serving.app import build_app
+
+    eight_bits = write_tiny_model(tmp_path / "m8", synth_data, bits=8)
+    with pytest.raises(store.IndexMismatch, match="holds 16-bit codes but the model makes 8-bit"):
+        build_app({"checkpoint": str(eight_bits), "index": str(index_dir)})
+    other = write_tiny_model(tmp_path / "other", synth_data, bits=16, seed=1)
+    assert main(["serve", "--checkpoint", str(other), "--index", str(index_dir)]) == 2
+    assert "built with another model" in capsys.readouterr().err
+
+
+def test_token_on_then_off(service, queries):
+    """Last in the module: it redeploys the app without the token."""
+    from ray import serve
+
+    from hashgan_ray.serving.app import build_app
+
+    client, args, port = service
+    bare = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    body = {"text": queries[0]["words"]}
+    assert bare.get("/v1/healthz").json() == {"status": "ok"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        for r in (bare.post("/v1/search", json=body, headers=headers),
+                  bare.get("/v1/info", headers=headers),
+                  bare.post("/v1/encode", json=body, headers=headers)):
+            assert r.status_code == 401 and "API token" in r.json()["error"]
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert client.post("/v1/search", json=body).status_code == 200
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("HASHGAN_API_TOKEN", raising=False)
+        serve.run(build_app(args), name="hashgan", route_prefix="/")
+    assert bare.post("/v1/search", json=body).status_code == 200
+    assert bare.get("/v1/info").status_code == 200
+    bare.close()
