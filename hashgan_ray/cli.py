@@ -137,7 +137,7 @@ def connect_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def cmd_train(args) -> None:
