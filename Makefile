@@ -26,6 +26,9 @@ demo: $(STAMP)
 	    --bits 32 --lr 1e-3 --text-hidden 1024 --text-features 512 --val-database 500
 	$(VENV)/bin/hashgan-ray eval --checkpoint $(DEMO)/run/model --data $(DEMO)/data \
 	    --json $(DEMO)/eval.json --figures $(DEMO)/figures
+	$(VENV)/bin/hashgan-ray index build --checkpoint $(DEMO)/run/model --data $(DEMO)/data \
+	    --out $(DEMO)/index --overwrite
+	$(PY) serve/demo.py --checkpoint $(DEMO)/run/model --index $(DEMO)/index --data $(DEMO)/data
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,90 @@
+"""The end of `make demo`: the search service up on the demo model, one text->image
+and one image->text search over HTTP, printed, then a clean stop.
+
+    python serve/demo.py --checkpoint demo-out/run/model --index demo-out/index --data demo-out/data
+"""
+import argparse
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from hashgan_ray.data.format import read_meta, read_pairs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the service exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    sys.exit("the service did not come up in time")
+
+
+def labels_of(ids, table, names) -> list[str]:
+    by_id = dict(zip(table["id"], table["labels"]))
+    return [",".join(names[i] for i in by_id[x]) for x in ids]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--data", required=True, help="dataset: query pairs and labels to show")
+    parser.add_argument("--k", type=int, default=5)
+    args = parser.parse_args()
+
+    meta = read_meta(args.data)
+    rows = read_pairs(args.data, columns=["id", "text", "labels", "image", "split"]).to_pydict()
+    query = rows["split"].index("query")
+    words = [meta.vocabulary[i] for i in rows["text"][query]]
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "HASHGAN_API_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "hashgan_ray.cli", "serve", "--checkpoint",
+                             args.checkpoint, "--index", args.index, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        wait_up(url, proc)
+        print(f"search service up at {url}/v1")
+        t2i = httpx.post(f"{url}/v1/search", json={"text": words, "k": args.k}, timeout=60).json()
+        image = base64.b64encode(rows["image"][query]).decode()
+        i2t = httpx.post(f"{url}/v1/search", json={"image": image, "k": args.k}, timeout=60).json()
+        print(f"query pair {rows['id'][query]}, labels "
+              f"{labels_of([rows['id'][query]], rows, meta.label_names)[0]}")
+        for title, answer in ((f"text -> image  ({' '.join(words)})", t2i),
+                              ("image -> text  (the pair's image)", i2t)):
+            ids = [r["id"] for r in answer["results"]]
+            print(f"{title}: {answer['took_ms']:.1f} ms")
+            for r, labels in zip(answer["results"], labels_of(ids, rows, meta.label_names)):
+                print(f"  id {r['id']:>6}  distance {r['distance']:>2}  labels {labels}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    print("search service stopped")
+
+
+if __name__ == "__main__":
+    main()
