@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -222,8 +221,8 @@ def scale(n: int, threads: int) -> None:
 
     from hashgan_ray.index.store import build_faiss, search
 
-    def rss_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # peak, MiB
+    def rss_mb():                                   # resident set size now, MiB
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 2**20
 
     rng = np.random.default_rng(2)
     before = rss_mb()
@@ -232,11 +231,11 @@ def scale(n: int, threads: int) -> None:
     index, _ = build_faiss("flat", codes, np.arange(n, dtype=np.int64))
     built = time.perf_counter() - t0
     del codes
-    peak = rss_mb()
+    grown = rss_mb() - before
     queries = rng.integers(0, 256, (64, BITS // 8), dtype=np.uint8)
     print(f"\nscale: flat index of {n:,} random {BITS}-bit codes, built in {built:.1f} s; "
           f"index = {n * BITS // 8 / 2**20:.0f} MiB codes + {n * 8 / 2**20:.0f} MiB ids; "
-          f"process peak RSS grew {peak - before:.0f} MiB (codes array + index)")
+          f"the process's RSS grew {grown:.0f} MiB")
     for t in sorted({1, threads}):
         faiss.omp_set_num_threads(t)
         search(index, queries[:2], 10)
