@@ -1,9 +1,11 @@
 """A real `ray job submit` of a tiny training against a head this test starts."""
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,18 +24,35 @@ def free_port() -> int:
 
 @pytest.fixture
 def ray_head():
+    """A head of our own. `ray start --block` in its own session, stopped by
+    signalling that session: `ray stop` would kill every Ray on the machine,
+    not only the one this test started."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     dashboard = free_port()
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus", "2",
-                    "--port", str(free_port()), "--dashboard-port", str(dashboard),
-                    "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
-                    "--disable-usage-stats"], check=True, env=env, timeout=180,
-                   capture_output=True)
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
+                             "--port", str(free_port()), "--dashboard-port", str(dashboard),
+                             "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+                             "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 180
+        while not _listening(dashboard):
+            assert head.poll() is None, f"ray start exited with {head.returncode}"
+            assert time.monotonic() < deadline, "the Ray head did not come up in 180 s"
+            time.sleep(0.5)
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, timeout=180,
-                       capture_output=True)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_ray_job_submit_trains_and_token_auth_is_on(ray_head, synth_data, tmp_path):
