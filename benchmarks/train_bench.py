@@ -79,7 +79,7 @@ def main() -> None:
         plain = plain_loop(TrainConfig(out=f"{tmp}/plain", **base), args.threads)
         print(f"plain PyTorch loop, {args.threads} threads:        {plain:8.1f} samples/s", flush=True)
 
-        ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False)
         try:
             one = ray_train(TrainConfig(out=f"{tmp}/one", workers=1,
                                         cpus_per_worker=args.threads, **base))

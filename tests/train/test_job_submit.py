@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,9 +29,13 @@ def ray_head():
     signalling that session: `ray stop` would kill every Ray on the machine,
     not only the one this test started."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    dashboard = free_port()
+    dashboard, gcs_port = free_port(), free_port()
+    # `ray start` records its address here for later `ray.init()` calls; `ray stop`
+    # would remove it, signalling does not: put back what was there before.
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    before = current.read_text() if current.exists() else None
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
-                             "--port", str(free_port()), "--dashboard-port", str(dashboard),
+                             "--port", str(gcs_port), "--dashboard-port", str(dashboard),
                              "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
                              "--disable-usage-stats"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -48,6 +53,11 @@ def ray_head():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
+            if before is None:
+                current.unlink()
+            else:
+                current.write_text(before)
 
 
 def _listening(port: int) -> bool:

@@ -20,7 +20,7 @@ def ray3():
     """Two training workers plus a CPU for Ray Data's read/decode tasks."""
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
 
