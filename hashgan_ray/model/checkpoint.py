@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
+from hashgan_ray.data.format import move_into_place, temp_dir_for
 from hashgan_ray.model.hashgan import HashGAN
 
 WEIGHTS = "model.pt"
@@ -38,17 +37,10 @@ def write_model_files(directory, model: HashGAN, *, vocabulary: list[str],
 def export_model(src_checkpoint, out_dir) -> Path:
     """Copy a checkpoint's model files to `out_dir`, atomically (temp dir + rename)."""
     out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(out_dir)
     for name in (WEIGHTS, CONFIG):
         shutil.copy2(Path(src_checkpoint) / name, tmp / name)
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old)
+    move_into_place(tmp, out_dir)
     return out_dir
 
 
