@@ -27,8 +27,7 @@ from hashgan_ray.config import TrainConfig  # noqa: E402
 from hashgan_ray.data.format import read_meta  # noqa: E402
 from hashgan_ray.data.loading import iter_batches  # noqa: E402
 from hashgan_ray.data.synth import generate  # noqa: E402
-from hashgan_ray.train.loop import build_model  # noqa: E402
-from hashgan_ray.train.steps import build_optimizers, ed_step, g_step, is_g_step  # noqa: E402
+from hashgan_ray.train.methods import build_model, single_process, trainer_class  # noqa: E402
 
 
 def plain_loop(cfg: TrainConfig, threads: int) -> float:
@@ -36,7 +35,7 @@ def plain_loop(cfg: TrainConfig, threads: int) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, read_meta(cfg.data))
-    opt_ed, opt_g = build_optimizers(model, cfg.lr, cfg.beta1)
+    trainer = trainer_class(cfg.method)(model, cfg, wrap=single_process)
     rate = 0.0
     for _ in range(cfg.epochs):
         model.train()
@@ -45,11 +44,9 @@ def plain_loop(cfg: TrainConfig, threads: int) -> float:
             if len(raw["id"]) < cfg.batch_size:
                 break                                        # drop_last, as Ray's loop does
             batch = {k: torch.as_tensor(v) for k, v in raw.items()}
-            if opt_g is not None and is_g_step(step, cfg.d_steps, cfg.g_steps):
-                g_step(model, model.attention, batch, opt_g, cfg.margin)
-            else:
-                ed_step(model, model.net, batch, opt_ed, cfg.margin)
+            trainer.step(step, batch)
             samples += len(batch["id"])
+        trainer.end_epoch()
         rate = samples / (time.perf_counter() - started)
     return rate
 

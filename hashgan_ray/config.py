@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from hashgan_ray.train.methods import METHODS
+
 BACKBONES = ("small", "resnet18", "vgg19")
 ATTENTION = ("both", "image", "text", "none")
 
@@ -20,13 +22,15 @@ class TrainConfig:
     out: str = ""                    # run directory: Ray Train storage + model/ export
     epochs: int = 100
     seed: int = 0
+    method: str = "hashgan"          # hashgan (the paper) or a compared method (train/methods.py)
+    labeled_fraction: float = 1.0    # share of the train split whose labels training may use
     # model
     bits: int = 32
     backbone: str = "small"          # paper: vgg19; small/resnet18 are CPU-friendly choices
     pretrained: bool = False         # ImageNet weights for vgg19/resnet18 (paper: pretrained VGG19)
     backbone_weights: str | None = None   # their local file; None: torchvision's cache
     image_size: int | None = None    # None: the dataset's meta.json image_size
-    attention: str = "both"          # Table 4 ablation: both | image | text | none
+    attention: str = "both"          # Table 4 ablation: both | image | text | none (hashgan only)
     alpha_scale: float = 1.0         # α = alpha_scale/(H·W) (images), alpha_scale/d (text)
     text_hidden: int = 8192          # BoW -> 8192 -> 1000 (section 3.2)
     text_features: int = 1000
@@ -58,16 +62,21 @@ class TrainConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+        if not 0 < self.labeled_fraction <= 1:
+            raise ValueError(f"labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
         if self.d_steps < 1 or self.g_steps < 0:
             raise ValueError("d_steps must be >= 1 and g_steps >= 0")
 
+    # Only HashGAN has an attention module; the compared methods hash whole features.
     @property
     def image_attention(self) -> bool:
-        return self.attention in ("both", "image")
+        return self.method == "hashgan" and self.attention in ("both", "image")
 
     @property
     def text_attention(self) -> bool:
-        return self.attention in ("both", "text")
+        return self.method == "hashgan" and self.attention in ("both", "text")
 
     def to_dict(self) -> dict:
         return asdict(self)

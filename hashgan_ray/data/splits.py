@@ -52,3 +52,23 @@ def assign_splits(ids: np.ndarray, n_query: int, n_train: int, seed: int) -> np.
     out[chosen[:n_query]] = "query"
     out[chosen[n_query:n_query + n_train]] = "train"
     return out
+
+
+def labeled_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted ids of the labelled part of a training split: round(fraction · n)
+    of `train_ids` drawn with `seed` (semi-supervised runs; the rest is treated
+    as unlabelled). Like assign_splits, independent of the ids' order."""
+    ids = np.sort(np.asarray(train_ids, dtype=np.int64))
+    n = int(round(fraction * len(ids)))
+    if fraction < 1 and n < 1:
+        raise ValueError(f"labeled fraction {fraction} of {len(ids)} training pairs keeps none")
+    return np.sort(ids[np.random.default_rng(seed).permutation(len(ids))[:n]])
+
+
+def mark_labeled(batch: dict, labeled: np.ndarray, keep_unlabeled: bool) -> dict:
+    """A decoded batch with a bool `labeled` column (id in `labeled`); the
+    unlabelled rows are dropped unless `keep_unlabeled`."""
+    is_labeled = np.isin(batch["id"], labeled)
+    if keep_unlabeled:
+        return {**batch, "labeled": is_labeled}
+    return {k: v[is_labeled] for k, v in batch.items()}

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -20,54 +21,59 @@ from ray.train.torch import TorchTrainer
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta
+from hashgan_ray.data.format import read_pairs
 from hashgan_ray.data.loading import BatchSpec
 from hashgan_ray.data.ray_data import read_split
+from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.evaluate import encode_split, retrieval_map, sample_ids
 from hashgan_ray.model.backbones import pretrained_path
 from hashgan_ray.model.checkpoint import TRAIN_STATE, export_model, write_model_files
-from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.steps import build_optimizers, ed_step, g_step, is_g_step
+from hashgan_ray.train.methods import build_model, no_all_reduce, trainer_class
 
 log = logging.getLogger("hashgan_ray.train")
 RAY_RUN_NAME = "train"          # RUN_DIR/train/ holds Ray Train's checkpoints
 SHUFFLE_BUFFER = 1024           # rows; Ray Data's local shuffle within each worker's stream
 
 
-def build_model(cfg: TrainConfig, meta) -> HashGAN:
-    return HashGAN(bits=cfg.bits, vocab_size=meta.vocab_size, backbone=cfg.backbone,
-                   image_size=cfg.image_size or meta.image_size, text_hidden=cfg.text_hidden,
-                   text_features=cfg.text_features, image_attention=cfg.image_attention,
-                   text_attention=cfg.text_attention, alpha_scale=cfg.alpha_scale)
-
-
-def save_checkpoint(directory, model, meta, cfg, epoch, opt_ed, opt_g, schedulers) -> None:
+def save_checkpoint(directory, model, meta, cfg, epoch, trainer) -> None:
     write_model_files(directory, model, vocabulary=meta.vocabulary, label_names=meta.label_names,
-                      train_config=cfg.to_dict(), extra={"epoch": epoch})
-    torch.save({"epoch": epoch, "opt_ed": opt_ed.state_dict(),
-                "opt_g": opt_g.state_dict() if opt_g else None,
-                "schedulers": [s.state_dict() for s in schedulers],
+                      train_config=cfg.to_dict(), extra={"epoch": epoch, "method": cfg.method})
+    torch.save({"epoch": epoch, "trainer": trainer.state_dict(),
                 "torch_rng": torch.get_rng_state()}, Path(directory) / TRAIN_STATE)
 
 
-def restore_checkpoint(directory, model, opt_ed, opt_g, schedulers) -> int:
-    """Load weights and optimiser state; return the epoch to start from."""
+def restore_checkpoint(directory, model, trainer) -> int:
+    """Load weights and the trainer's state; return the epoch to start from."""
     directory = Path(directory)
     model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
     state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
-    opt_ed.load_state_dict(state["opt_ed"])
-    if opt_g is not None:
-        opt_g.load_state_dict(state["opt_g"])
-    for s, s_state in zip(schedulers, state["schedulers"]):
-        s.load_state_dict(s_state)
+    trainer.load_state_dict(state["trainer"])
     torch.set_rng_state(state["torch_rng"])
     return state["epoch"] + 1
+
+
+def train_split_ids(data_dir) -> np.ndarray:
+    return np.sort(read_pairs(data_dir, "train", columns=["id"]).column("id").to_numpy())
+
+
+def all_reduce_for(world: int):
+    """`all_reduce` of the trainer interface (train/methods.py): sum over ranks."""
+    if world == 1:
+        return no_all_reduce
+    import torch.distributed as dist
+
+    def all_reduce(tensor):
+        dist.all_reduce(tensor)
+        return tensor
+    return all_reduce
 
 
 def validate(model, cfg, val_ids, device) -> dict[str, float]:
     """MAP on the query split against a fixed database sample (rank 0 only)."""
     query = encode_split(model, cfg.data, "query", device=device)
     database = encode_split(model, cfg.data, "database", device=device, only_ids=val_ids)
-    return retrieval_map(query, database)
+    m = retrieval_map(query, database)
+    return {**m, "map_mean": (m["map_i2t"] + m["map_t2i"]) / 2}    # what Tune maximises
 
 
 def replicas_in_sync(model: torch.nn.Module, world: int) -> bool:
@@ -99,20 +105,17 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.pretrained:
         model.load_pretrained_backbone(cfg.backbone_weights)
     model.to(device)
-    opt_ed, opt_g = build_optimizers(model, cfg.lr, cfg.beta1)
-    schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay)
-                  for o in (opt_ed, opt_g) if o is not None]
+    # The method's trainer wraps each module it updates in its own DDP (see steps.py).
+    trainer = trainer_class(cfg.method)(
+        model, cfg, wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
+        all_reduce=all_reduce_for(world), train_ids=train_split_ids(cfg.data))
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            start_epoch = restore_checkpoint(d, model, opt_ed, opt_g, schedulers)
+            start_epoch = restore_checkpoint(d, model, trainer)
         log.info("resumed from %s at epoch %d", checkpoint.path, start_epoch + 1)
 
-    # Two DDP wrappers: E+D and G are updated in alternation (see steps.py).
-    net = ray.train.torch.prepare_model(model.net, move_to_device=False)
-    attention = ray.train.torch.prepare_model(model.attention, move_to_device=False) \
-        if opt_g is not None else model.attention
     shard = ray.train.get_dataset_shard("train")
     val_ids = sample_ids(cfg.data, "database", cfg.val_database, cfg.seed) if rank == 0 else None
 
@@ -125,16 +128,12 @@ def train_loop_per_worker(config: dict) -> None:
                                            local_shuffle_buffer_size=SHUFFLE_BUFFER,
                                            local_shuffle_seed=cfg.seed * 100_003 + epoch)
         for step, batch in enumerate(batches):
-            if opt_g is not None and is_g_step(step, cfg.d_steps, cfg.g_steps):
-                stats = g_step(model, attention, batch, opt_g, cfg.margin)
-            else:
-                stats = ed_step(model, net, batch, opt_ed, cfg.margin)
+            stats = trainer.step(step, batch)
             for k, v in stats.items():
                 sums[k] += v
                 counts[k] += 1
             samples += len(batch["id"])
-        for s in schedulers:
-            s.step()
+        trainer.end_epoch()
         seconds = time.perf_counter() - started
         report = {"epoch": epoch + 1, "samples_per_s": samples * world / max(seconds, 1e-9),
                   "attempt_start_epoch": start_epoch + 1,      # > 1 after a resume or recovery
@@ -143,22 +142,21 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             model.eval()
             report.update(validate(model, cfg, val_ids, device))
-            log.info("epoch %d/%d  loss %.4f (retrieval %.4f, adversarial %.4f, G %.4f)  "
-                     "MAP i->t %.4f t->i %.4f  %.0f samples/s", epoch + 1, cfg.epochs,
-                     report.get("loss_full", float("nan")), report.get("loss_retrieval", float("nan")),
-                     report.get("loss_adversarial", float("nan")),
-                     report.get("loss_g_adversarial", float("nan")), report["map_i2t"],
-                     report["map_t2i"], report["samples_per_s"])
+            losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in report.items() if k.startswith("loss_"))
+            log.info("epoch %d/%d  %s  MAP i->t %.4f t->i %.4f  %.0f samples/s", epoch + 1,
+                     cfg.epochs, losses, report["map_i2t"], report["map_t2i"],
+                     report["samples_per_s"])
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, model, meta, cfg, epoch, opt_ed, opt_g, schedulers)
+                save_checkpoint(tmp, model, meta, cfg, epoch, trainer)
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(report, checkpoint=None)
 
 
-def fit(cfg: TrainConfig):
+def fit(cfg: TrainConfig, callbacks=()):
     """Run training on the connected Ray cluster; export the final model to
-    RUN_DIR/model/ and return Ray Train's Result."""
+    RUN_DIR/model/ and return Ray Train's Result. `callbacks`: Ray Train
+    callbacks for the run (Tune passes its TuneReportCallback, tuning.py)."""
     meta = read_meta(cfg.data)                        # fail early, on the driver
     if cfg.pretrained:
         pretrained_path(cfg.backbone, cfg.backbone_weights)
@@ -169,6 +167,10 @@ def fit(cfg: TrainConfig):
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
     train = read_split(cfg.data, "train", spec=spec)
+    if cfg.labeled_fraction < 1:
+        labeled = labeled_ids(train_split_ids(cfg.data), cfg.labeled_fraction, cfg.seed)
+        train = train.map_batches(mark_labeled, batch_format="numpy", fn_kwargs={
+            "labeled": labeled, "keep_unlabeled": trainer_class(cfg.method).uses_unlabeled})
     if cfg.cache_train:
         # A streamed epoch waits ~3 s here for its first batch (the pipeline
         # restarts every epoch); a cached one ~0.1 s (benchmarks/train_bench.py).
@@ -180,7 +182,8 @@ def fit(cfg: TrainConfig):
                                      resources_per_worker=resources),
         run_config=RunConfig(name=RAY_RUN_NAME, storage_path=str(out),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=list(callbacks)),
         datasets={"train": train},
     )
     result = trainer.fit()

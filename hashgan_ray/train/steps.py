@@ -107,3 +107,42 @@ def build_optimizers(model: HashGAN, lr: float, beta1: float):
 def is_g_step(step: int, d_steps: int, g_steps: int) -> bool:
     """Steps d_steps .. d_steps+g_steps-1 of every cycle are G steps (4:1 by default)."""
     return g_steps > 0 and step % (d_steps + g_steps) >= d_steps
+
+
+class HashGANTrainer:
+    """HashGAN's schedule (section 3.3): d_steps E/D steps, then g_steps G steps,
+    Adam for each player, the lr divided by lr_decay every lr_decay_every epochs.
+    The trainer interface is described in train/methods.py."""
+
+    uses_unlabeled = False
+
+    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None):
+        self.model, self.cfg = model, cfg
+        self.opt_ed, self.opt_g = build_optimizers(model, cfg.lr, cfg.beta1)
+        self.schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay)
+                           for o in (self.opt_ed, self.opt_g) if o is not None]
+        # Two wrappers: E+D and G are updated in alternation (module docstring).
+        self.net = wrap(model.net)
+        self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
+
+    def step(self, step: int, batch: dict) -> dict[str, float]:
+        cfg = self.cfg
+        if self.opt_g is not None and is_g_step(step, cfg.d_steps, cfg.g_steps):
+            return g_step(self.model, self.attention, batch, self.opt_g, cfg.margin)
+        return ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin)
+
+    def end_epoch(self) -> None:
+        for s in self.schedulers:
+            s.step()
+
+    def state_dict(self) -> dict:
+        return {"opt_ed": self.opt_ed.state_dict(),
+                "opt_g": self.opt_g.state_dict() if self.opt_g is not None else None,
+                "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_ed.load_state_dict(state["opt_ed"])
+        if self.opt_g is not None:
+            self.opt_g.load_state_dict(state["opt_g"])
+        for s, s_state in zip(self.schedulers, state["schedulers"]):
+            s.load_state_dict(s_state)

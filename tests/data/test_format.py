@@ -8,7 +8,7 @@ import pytest
 from hashgan_ray.data.format import (DataError, DatasetWriter, iter_pairs, pair_files,
                                      read_meta, read_pairs)
 from hashgan_ray.data.images import encode_png
-from hashgan_ray.data.splits import assign_splits, rows_of_split
+from hashgan_ray.data.splits import assign_splits, labeled_ids, mark_labeled, rows_of_split
 
 PNG = encode_png(np.zeros((4, 4, 3), np.uint8))
 VOCAB, LABELS = ["a", "b", "c"], ["x", "y"]
@@ -109,3 +109,23 @@ def test_read_meta_errors_name_the_file(tmp_path):
     (tmp_path / "meta.json").write_text('{"format_version": 99}')
     with pytest.raises(DataError, match="format_version 99"):
         read_meta(tmp_path)
+
+
+def test_labeled_ids_draw_a_fixed_fraction_independent_of_order():
+    ids = np.arange(100, 300)
+    chosen = labeled_ids(ids, 0.1, seed=3)
+    assert len(chosen) == 20 and set(chosen) <= set(ids)
+    np.testing.assert_array_equal(chosen, labeled_ids(ids[::-1], 0.1, seed=3))
+    assert not np.array_equal(chosen, labeled_ids(ids, 0.1, seed=4))
+    np.testing.assert_array_equal(labeled_ids(ids, 1.0, seed=3), ids)
+
+    batch = {"id": np.array([chosen[0], 5, chosen[1]]), "x": np.array([1, 2, 3])}
+    kept = mark_labeled(batch, chosen, keep_unlabeled=False)
+    assert kept["x"].tolist() == [1, 3]
+    marked = mark_labeled(batch, chosen, keep_unlabeled=True)
+    assert marked["labeled"].tolist() == [True, False, True] and marked["x"].tolist() == [1, 2, 3]
+
+
+def test_a_fraction_that_keeps_no_labelled_pair_is_refused():
+    with pytest.raises(ValueError, match="keeps none"):
+        labeled_ids(np.arange(5), 0.01, seed=0)

@@ -26,7 +26,7 @@ def ray3():
 
 
 def adam_steps(checkpoint: Path) -> int:
-    state = torch.load(checkpoint / TRAIN_STATE, weights_only=True)["opt_ed"]["state"]
+    state = torch.load(checkpoint / TRAIN_STATE, weights_only=True)["trainer"]["opt_ed"]["state"]
     return int(next(iter(state.values()))["step"])
 
 
@@ -75,3 +75,13 @@ def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray3, synth_data,
     assert killed, "no training worker was found to kill"
     assert result.error is None and result.metrics["epoch"] == 4
     assert result.metrics["attempt_start_epoch"] > 1     # the retry resumed, not restarted
+
+
+def test_a_supervised_method_trains_on_the_labelled_fraction_only(ray3, synth_data, tmp_path):
+    cfg = TrainConfig(data=str(synth_data), out=str(tmp_path / "run"), epochs=1, workers=1,
+                      labeled_fraction=0.5, **TINY)
+    result = fit(cfg)
+    # 60 of the 120 train pairs, batches of 16 with drop_last: 3 E/D steps.
+    assert adam_steps(Path(result.checkpoint.path)) == 3
+    model, config = load_model(Path(cfg.out) / "model")
+    assert config["method"] == "hashgan" and config["train"]["labeled_fraction"] == 0.5

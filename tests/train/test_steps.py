@@ -82,3 +82,20 @@ def test_deterministic_for_a_seed_on_cpu(batch):
              else ed_step(model, model.net, batch, opt_ed, MARGIN))
         runs.append(snapshot(model))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_hashgan_trainer_state_round_trips_through_weights_only_load(batch, tmp_path):
+    from hashgan_ray.config import TrainConfig
+    from hashgan_ray.train.methods import single_process, trainer_class
+
+    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=1, g_steps=1)
+    model = tiny_model()
+    trainer = trainer_class("hashgan")(model, cfg, wrap=single_process)
+    losses = [trainer.step(i, batch) for i in range(2)]
+    assert "full" in losses[0] and "g_adversarial" in losses[1]      # E/D then G
+    trainer.end_epoch()
+    torch.save(trainer.state_dict(), tmp_path / "state.pt")
+    again = trainer_class("hashgan")(model, cfg, wrap=single_process)
+    again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert again.opt_ed.state_dict()["state"][0]["step"] == 1
+    assert again.schedulers[0].last_epoch == 1
