@@ -182,9 +182,8 @@ def in_process(model, index_dir: Path, bodies: list[dict], threads: int) -> dict
     import faiss
     import torch
 
-    from hashgan_ray.data.loading import bag_of_indices
     from hashgan_ray.index.store import HashIndex
-    from hashgan_ray.model.hashgan import pack_codes
+    from hashgan_ray.model.hashgan import WordListEncoder, pack_codes
     from hashgan_ray.serving.query import Vocabulary
 
     torch.set_num_threads(threads)
@@ -193,12 +192,12 @@ def in_process(model, index_dir: Path, bodies: list[dict], threads: int) -> dict
     vocab = Vocabulary([f"tag{i}" for i in range(VOCAB)])
     words = [vocab.lookup(b["text"])[0] for b in bodies]
 
-    def run(group):
-        with torch.no_grad():
-            codes = pack_codes(model.encode_text(torch.as_tensor(bag_of_indices(group, VOCAB))))
-        return index.search(codes, "image", 10)
-
     model.eval()
+    encode_words = WordListEncoder(model)                # the service's text path
+
+    def run(group):
+        return index.search(pack_codes(encode_words(group)), "image", 10)
+
     for w in words[:20]:
         run([w])                                                      # warm-up
     lat = []

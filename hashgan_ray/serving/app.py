@@ -63,21 +63,17 @@ class QueryEncoder:
     def __init__(self, checkpoint: str, threads: int = 1):
         import torch
 
-        from hashgan_ray.data.loading import bag_of_indices
         from hashgan_ray.model.checkpoint import load_model
-        from hashgan_ray.model.hashgan import pack_codes
+        from hashgan_ray.model.hashgan import WordListEncoder, pack_codes
 
         torch.set_num_threads(threads)
-        self.torch, self.bag, self.pack = torch, bag_of_indices, pack_codes
-        self.model, config = load_model(checkpoint)
-        self.vocab_size = config["model"]["vocab_size"]
+        self.torch, self.pack = torch, pack_codes
+        self.model, _ = load_model(checkpoint)
+        self.encode_words = WordListEncoder(self.model)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def encode_text(self, groups: list[list[list[int]]]) -> list[np.ndarray]:
-        words = [w for g in groups for w in g]
-        with self.torch.no_grad():
-            codes = self.pack(self.model.encode_text(
-                self.torch.as_tensor(self.bag(words, self.vocab_size))))     # (n, bits/8)
+        codes = self.pack(self.encode_words([w for g in groups for w in g]))  # (n, bits/8)
         return np.split(codes, np.cumsum([len(g) for g in groups])[:-1])
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)

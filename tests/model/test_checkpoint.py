@@ -43,3 +43,16 @@ def test_model_dir_round_trip_without_training_code(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     assert json.loads((out / "config.json").read_text())["format_version"] == 1
+
+
+def test_word_lists_encode_like_the_dense_bag_of_words():
+    from hashgan_ray.data.loading import bag_of_indices
+    from hashgan_ray.model.hashgan import WordListEncoder
+
+    torch.manual_seed(0)
+    model = HashGAN(bits=32, vocab_size=50, text_hidden=64, text_features=32).eval()
+    words = [[3, 7, 7, 49], [], [0], list(range(50))]          # repeats count; an empty bag
+    dense = model.encode_text(torch.as_tensor(bag_of_indices(words, 50)))
+    sparse = WordListEncoder(model)(words)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    assert (pack_codes(sparse) == pack_codes(dense)).all()
