@@ -38,6 +38,7 @@ import importlib
 # method name -> (module, trainer class)
 METHODS = {
     "hashgan": ("hashgan_ray.train.steps", "HashGANTrainer"),
+    "dcmh": ("hashgan_ray.train.dcmh", "DCMHTrainer"),
     "dfah": ("hashgan_ray.train.dfah", "DFAHTrainer"),
 }
 

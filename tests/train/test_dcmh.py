@@ -1,0 +1,190 @@
+"""DCMH (train/dcmh.py): the objective, the code update, the trainer's state, a
+two-worker Ray Train run."""
+import io
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hashgan_ray.config import TrainConfig
+from hashgan_ray.data.loading import iter_batches
+from hashgan_ray.train.dcmh import DCMHTrainer, dcmh_loss, update_codes
+from hashgan_ray.train.methods import build_model, single_process
+
+TINY = dict(bits=16, text_hidden=32, text_features=16, batch_size=16, lr=1e-3)
+
+
+def brute_force(out, rows, other, known, labels_batch, labels_all, codes, gamma, eta):
+    """J over the batch rows, term by term with Python loops, per pair; the
+    balance term as the batch estimate η (n/b) ‖Σ_batch F_i‖²."""
+    b, n = out.shape[0], other.shape[0]
+    nll = 0.0
+    for i in range(b):
+        for j in range(n):
+            if not known[j]:
+                continue
+            s = float((labels_batch[i] * labels_all[j]).sum() > 0)
+            theta = 0.5 * float(out[i] @ other[j])
+            nll -= s * theta - math.log(1 + math.exp(theta))
+    quant = sum(float((codes[r] - out[i]).pow(2).sum()) for i, r in enumerate(rows.tolist()))
+    column_sum = [sum(float(out[i, k]) for i in range(b)) for k in range(out.shape[1])]
+    balance = (n / b) * sum(c * c for c in column_sum)
+    return (nll + gamma * quant + eta * balance) / (b * n)
+
+
+def test_loss_equals_the_brute_force_definition():
+    g = torch.Generator().manual_seed(0)
+    n, b, q, L = 9, 3, 4, 5
+    own, other, out = (torch.randn(n, q, generator=g), torch.randn(n, q, generator=g),
+                       torch.randn(b, q, generator=g))
+    rows = torch.tensor([4, 0, 7])
+    labels_all = (torch.rand(n, L, generator=g) < 0.3).float()
+    labels_batch = labels_all[rows]
+    known = torch.tensor([0, 1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)
+    codes = update_codes(own, other)
+    sim = (labels_batch @ labels_all.T) > 0
+    for gamma, eta in ((1.0, 1.0), (0.5, 2.0)):
+        got = dcmh_loss(out, rows, other, known, sim, codes, gamma=gamma, eta=eta)
+        want = brute_force(out, rows, other, known, labels_batch, labels_all, codes, gamma, eta)
+        assert float(got["total"]) == pytest.approx(want, rel=1e-5)
+        assert float(got["total"]) == pytest.approx(
+            float(got["nll"] + got["quantization"] + got["balance"]), rel=1e-6)
+
+
+def test_codes_are_the_sign_of_f_plus_g():
+    f, g = torch.randn(50, 8), torch.randn(50, 8)
+    b = update_codes(f, g, gamma=1.0)
+    assert torch.equal(b, torch.sign(f + g))
+    assert set(b.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(update_codes(torch.zeros(2, 2), torch.zeros(2, 2)), -torch.ones(2, 2))
+
+
+def make_trainer(synth_data, seed=0):
+    from hashgan_ray.data.format import read_meta
+    from hashgan_ray.train.loop import train_split_ids
+
+    cfg = TrainConfig(data=str(synth_data), method="dcmh", seed=seed, **TINY)
+    torch.manual_seed(seed)
+    model = build_model(cfg, read_meta(synth_data))
+    return model, DCMHTrainer(model, cfg, wrap=single_process, train_ids=train_split_ids(synth_data))
+
+
+def train_batches(synth_data, size=16):
+    return [{k: torch.as_tensor(v) for k, v in raw.items()}
+            for raw in iter_batches(synth_data, "train", size)]
+
+
+def test_a_dcmh_model_has_no_attention(synth_data):
+    model, _ = make_trainer(synth_data)
+    assert model.attention.image is None and model.attention.text is None
+
+
+def test_steps_reduce_the_loss_and_codes_follow_the_buffers(synth_data):
+    model, trainer = make_trainer(synth_data)
+    batches = train_batches(synth_data)
+    for step, batch in enumerate(batches):              # one epoch: every row seen
+        trainer.step(step, batch)
+    trainer.end_epoch()
+    assert trainer.known["image"].all() and trainer.known["text"].all()   # 120 rows, batches of 16
+    assert torch.equal(trainer.codes, update_codes(trainer.buffers["image"], trainer.buffers["text"]))
+    losses = [trainer.step(0, batches[0]) for _ in range(8)]     # the same batch again and again
+    assert set(losses[0]) >= {"image_total", "text_total", "image_nll", "text_balance"}
+    for modality in ("image", "text"):
+        assert losses[-1][f"{modality}_total"] < losses[0][f"{modality}_total"]
+    # the buffers hold the networks' pre-activations: the model's codes are their signs
+    model.eval()
+    batch = batches[1]
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(batch["image"]) > 0,
+                           trainer.branches["image"](batch["image"]) > 0)
+        assert torch.equal(model.encode_text(batch["text"]) > 0,
+                           trainer.branches["text"](batch["text"]) > 0)
+
+
+def lockstep_all_reduce(ranks: int):
+    """`all_reduce` for `ranks` trainers run in threads: each call waits for the
+    same call of every other rank and leaves the sum in every rank's tensor."""
+    barrier, lock, calls = threading.Barrier(ranks), threading.Lock(), {}
+
+    def for_rank():
+        count = [0]
+
+        def all_reduce(t):
+            key = count[0]
+            count[0] += 1
+            with lock:
+                calls.setdefault(key, []).append(t)
+            barrier.wait()
+            total = torch.stack(calls[key]).sum(0)
+            barrier.wait()
+            t.copy_(total)
+            return t
+        return all_reduce
+    return [for_rank() for _ in range(ranks)]
+
+
+def test_end_epoch_sums_the_rows_each_worker_refreshed(synth_data):
+    """Two trainers stand for two ranks, each refreshing other rows."""
+    batches = train_batches(synth_data)
+    ranks = [make_trainer(synth_data)[1] for _ in range(2)]
+    for trainer, batch, reduce in zip(ranks, batches, lockstep_all_reduce(2)):
+        trainer.step(0, batch)
+        trainer.all_reduce = reduce
+    before = [{m: buf.clone() for m, buf in t.buffers.items()} for t in ranks]
+    threads = [threading.Thread(target=t.end_epoch) for t in ranks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a, b = ranks
+    rows = [t.rows_of(batch["id"]) for t, batch in zip(ranks, batches)]
+    untouched = torch.ones(len(a.train_ids), dtype=torch.bool)
+    untouched[rows[0]] = untouched[rows[1]] = False
+    for m in ("image", "text"):
+        assert torch.equal(a.buffers[m], b.buffers[m])
+        assert torch.equal(a.buffers[m][rows[0]], before[0][m][rows[0]])   # a's rows from a
+        assert torch.equal(a.buffers[m][rows[1]], before[1][m][rows[1]])   # b's rows from b
+        assert torch.equal(a.buffers[m][untouched], before[0][m][untouched])
+        assert int(a.known[m].sum()) == 32
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.labels, b.labels)
+
+
+def test_state_dict_round_trips_with_weights_only(synth_data):
+    _, trainer = make_trainer(synth_data)
+    batches = train_batches(synth_data)
+    trainer.step(0, batches[0])
+    trainer.end_epoch()
+    buf = io.BytesIO()
+    torch.save(trainer.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    _, other = make_trainer(synth_data, seed=1)
+    other.load_state_dict(state)
+    for m in ("image", "text"):
+        assert torch.equal(other.buffers[m], trainer.buffers[m])
+        assert torch.equal(other.known[m], trainer.known[m])
+    assert torch.equal(other.codes, trainer.codes) and torch.equal(other.labels, trainer.labels)
+    assert other.optimizers["image"].state_dict()["state"][0]["step"] == 1
+
+
+def test_two_workers_train_dcmh_and_export_a_servable_model(ray3, synth_data, tmp_path):
+    from hashgan_ray.evaluate import encode_split, retrieval_map
+    from hashgan_ray.model.checkpoint import TRAIN_STATE, load_model
+    from hashgan_ray.train.loop import fit
+
+    cfg = TrainConfig(data=str(synth_data), out=str(tmp_path / "run"), epochs=1, workers=2,
+                      method="dcmh", val_database=40, **TINY)
+    result = fit(cfg)
+    assert result.metrics["epoch"] == 1 and result.metrics["replicas_in_sync"] == 1.0
+    assert np.isfinite(result.metrics["loss_image_total"])
+    state = torch.load(Path(result.checkpoint.path) / TRAIN_STATE, weights_only=True)["trainer"]
+    # 120 train pairs over 2 workers, batches of 16: 3 steps each, 96 rows refreshed and summed
+    assert int(state["known"]["image"].sum()) == 96
+    assert torch.equal(state["codes"], torch.sign(state["buffers"]["image"] + state["buffers"]["text"]))
+    model, config = load_model(Path(cfg.out) / "model")
+    assert config["method"] == "dcmh" and model.attention.image is None
+    m = retrieval_map(encode_split(model, synth_data, "query"), encode_split(model, synth_data, "database"))
+    assert 0 < m["map_i2t"] <= 1 and 0 < m["map_t2i"] <= 1
