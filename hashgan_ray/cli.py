@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 from collections import Counter
@@ -154,6 +155,22 @@ def cmd_train(args) -> None:
           f"{os.path.join(os.path.abspath(cfg.out), 'model')}")
 
 
+def cmd_tune(args) -> None:
+    from hashgan_ray.tuning import cpus_needed, default_space_path, read_space, search
+
+    cfg = train_config(args)
+    space = read_space(args.space or default_space_path())       # bad files fail before Ray starts
+    connect_ray(args.address, args.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))))
+    done = search(cfg, space, samples=args.samples, max_concurrent=args.max_concurrent)
+    best, paths = done["best"], done["paths"]
+    values = ", ".join(f"{k} {best[k]:.4g}" if isinstance(best[k], float) else f"{k} {best[k]}"
+                       for k in space)
+    print(f"best of {len(done['rows'])} trials: {best['trial']} ({values}): MAP i->t "
+          f"{best['map_i2t']:.4f} t->i {best['map_t2i']:.4f} after {best['epochs']} epochs\n"
+          f"trials: {paths['csv']}\nplot: {paths['plot']}\nbest config: {paths['config']} "
+          f"(hashgan-ray train --config {paths['config']} [--out RUN_DIR] [--epochs N])")
+
+
 def cmd_eval(args) -> None:
     import torch
 
@@ -292,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train HashGAN with Ray Train")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    tune_cmd = commands.add_parser("tune", help="search margin, lr and α with Ray Tune (ASHA)")
+    add_train_arguments(tune_cmd)
+    tune_cmd.add_argument("--samples", type=int, required=True, help="trials to run")
+    tune_cmd.add_argument("--workers-per-trial", dest="workers", type=int, default=None,
+                          help="Ray Train workers per trial (the same as --workers)")
+    tune_cmd.add_argument("--space", default=None,
+                          help="search-space YAML (default: the repository's tune/space.yaml)")
+    tune_cmd.add_argument("--max-concurrent", type=int, default=None,
+                          help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
+    tune_cmd.set_defaults(func=cmd_tune)
 
     evaluate = commands.add_parser("eval", help="MAP, PR curves and attention masks of a model")
     evaluate.add_argument("--checkpoint", required=True, help="model or checkpoint directory")
