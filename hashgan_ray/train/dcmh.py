@@ -42,11 +42,11 @@ Choices (README, "Methods"):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hashgan_ray.losses import label_similarity
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
+from hashgan_ray.train.dfah import pairwise_nll      # DCMH's eq. 2, also DFAH's first term
 from hashgan_ray.train.steps import autocast
 
 GAMMA = 1.0   # quantization weight γ (DCMH, section 4.1)
@@ -64,14 +64,12 @@ def dcmh_loss(out: torch.Tensor, rows: torch.Tensor, other: torch.Tensor, known:
     codes (n, q): B. The balance term is estimated from the batch (module docstring).
     """
     out = out.float()
-    b, n = out.shape[0], other.shape[0]
-    theta = 0.5 * out @ other.T                                           # (b, n)
-    pair = F.softplus(theta) - sim.float() * theta                      # -(Sθ - log(1+e^θ))
-    nll = pair[:, known].sum()
+    b, n, seen = out.shape[0], other.shape[0], int(known.sum())
+    # mean over the (b, seen) pairs -> sum over them / (b n)
+    nll = pairwise_nll(out, other[known], sim[:, known]) * (seen / n) if seen else out.sum() * 0
     quantization = gamma * (codes[rows] - out).pow(2).sum()
     balance = eta * (n / b) * out.sum(0).pow(2).sum()                   # ≈ η‖F·1‖², see above
-    terms = {"nll": nll / (b * n), "quantization": quantization / (b * n),
-             "balance": balance / (b * n)}
+    terms = {"nll": nll, "quantization": quantization / (b * n), "balance": balance / (b * n)}
     terms["total"] = terms["nll"] + terms["quantization"] + terms["balance"]
     return terms
 
