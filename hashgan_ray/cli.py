@@ -110,17 +110,17 @@ def add_train_arguments(parser) -> None:
                         help="CPUs of a local Ray (default: enough for the workers)")
 
 
-def train_config(args):
+def train_config(args, required_options=("data", "out")):
     from dataclasses import fields
 
     from hashgan_ray.config import TrainConfig
 
     values = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     for f in fields(TrainConfig):
-        given = getattr(args, f.name)
+        given = getattr(args, f.name, None)      # None also where a command replaced the option
         if given is not None:
             values[f.name] = given
-    for required in ("data", "out"):
+    for required in required_options:
         if not values.get(required):
             raise ValueError(f"--{required} is required")
     return TrainConfig.from_dict(values)
@@ -196,6 +196,51 @@ def cmd_eval(args) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+
+
+def cmd_experiment_paper(args) -> None:
+    from hashgan_ray.experiment import run_paper
+
+    for name, instead in (("seed", "--seeds"), ("backbone", "--backbones"), ("method", "--settings"),
+                          ("attention", "--settings"), ("labeled_fraction", "--labeled-fractions")):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} is set by the grid: use {instead}")
+    if not args.out:
+        raise ValueError("--out is required")
+    base = train_config(args, required_options=())
+    connect_ray(args.address, args.num_cpus or os.cpu_count())
+    done = run_paper(args.data_dirs, args.out, base, bits=args.bit_lengths, seeds=args.seeds,
+                     backbones=args.backbones, fractions=args.labeled_fractions,
+                     settings=args.settings, at_once=args.cells_at_once, report=args.report)
+    print(f"{len(done['results'])} cells finished, {len(done['failed'])} failed; "
+          f"report: {done['report']}")
+    if done["failed"]:
+        raise SystemExit(1)
+
+
+def _add_paper_arguments(parser) -> None:
+    """The grid's options; they replace --data and --bits of the training options."""
+    from hashgan_ray.config import BACKBONES
+
+    parser.add_argument("--data", dest="data_dirs", nargs="+", action="extend", required=True,
+                        metavar="DIR", help="dataset directories (repeatable)")
+    parser.add_argument("--bits", dest="bit_lengths", nargs="+", type=int, default=[16, 32, 64],
+                        help="code lengths (default 16 32 64)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell, 0..K-1 (default 3)")
+    parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=["small"],
+                        help="image networks; the first runs every table, the others HashGAN "
+                             "(both) for Table 3 (default small)")
+    parser.add_argument("--labeled-fractions", nargs="+", type=float, default=[1.0, 0.1],
+                        help="labelled shares of the train split; below 1 at the smallest bits, "
+                             "for HashGAN (both), DCMH and the semi-supervised methods (default 1 0.1)")
+    parser.add_argument("--settings", nargs="+", default=None,
+                        help="a subset of hashgan-both hashgan-image hashgan-text hashgan-none and "
+                             "the other registered methods (default all)")
+    parser.add_argument("--cells-at-once", type=int, default=None,
+                        help="training runs side by side (default: as many as the cluster's CPUs hold)")
+    parser.add_argument("--report", default=None, help="report file (default OUT/report.md)")
+    for set_by_the_grid in ("--seed", "--backbone", "--method", "--attention", "--labeled-fraction"):
+        parser.add_argument(set_by_the_grid, default=None, help=argparse.SUPPRESS)
 
 
 def _split_arg(split: str) -> str | None:
@@ -320,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("--max-concurrent", type=int, default=None,
                           help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
     tune_cmd.set_defaults(func=cmd_tune)
+
+    experiment = commands.add_parser("experiment", help="the paper's experiments on Ray")
+    experiments = experiment.add_subparsers(dest="experiment_command", required=True)
+    paper = experiments.add_parser("paper", conflict_handler="resolve",
+                                   help="Tables 1-4 and Figures 5-6: a grid of training runs, then report.md")
+    add_train_arguments(paper)          # every training option applies to every cell
+    _add_paper_arguments(paper)
+    paper.set_defaults(func=cmd_experiment_paper)
 
     evaluate = commands.add_parser("eval", help="MAP, PR curves and attention masks of a model")
     evaluate.add_argument("--checkpoint", required=True, help="model or checkpoint directory")

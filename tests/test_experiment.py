@@ -1,0 +1,66 @@
+"""hashgan-ray experiment paper: the grid, and a reduced grid end to end on a real local Ray."""
+import json
+import re
+
+from hashgan_ray.cli import main
+from hashgan_ray.experiment import all_settings, build_grid, method_of, partial_label_settings
+from hashgan_ray.report import fmt
+from hashgan_ray.train.methods import METHODS
+
+TINY = ["--text-hidden", "32", "--text-features", "16", "--batch-size", "16",
+        "--val-database", "40", "--lr", "1e-3", "--epochs", "1"]
+
+
+def test_the_grid_takes_its_rows_from_the_method_registry():
+    settings = all_settings()
+    assert settings[:4] == ["hashgan-both", "hashgan-image", "hashgan-text", "hashgan-none"]
+    assert set(settings[4:]) == set(METHODS) - {"hashgan"} and "dcmh" in settings
+    assert method_of("hashgan-text") == ("hashgan", "text") and method_of("dcmh") == ("dcmh", "none")
+    partial = partial_label_settings(settings)
+    assert {"hashgan-both", "dcmh"} <= set(partial) and "hashgan-none" not in partial
+    cells = build_grid({"a": "/a", "b": "/b"}, bits=[16, 32, 64], seeds=3, backbones=["small", "vgg19"],
+                       fractions=[1.0, 0.1], settings=settings)
+    full = 2 * 3 * 3 * len(settings)                       # datasets x bits x seeds x settings
+    partial_cells = 2 * 3 * len(partial)                   # at the smallest bits only
+    backbone_cells = 2 * 3 * 3                             # HashGAN (both) on vgg19
+    assert len(cells) == len(set(cells)) == full + partial_cells + backbone_cells
+    assert {c.bits for c in cells if c.labeled_fraction < 1} == {16}
+    assert {c.setting for c in cells if c.backbone == "vgg19"} == {"hashgan-both"}
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)     # seed by seed
+
+
+def section(report: str, title: str) -> str:
+    return report.split(f"## {title}")[1].split("\n## ")[0]
+
+
+def test_a_reduced_grid_fills_the_report_from_its_cells_and_reruns_nothing(local_ray, synth_data,
+                                                                          tmp_path):
+    out = tmp_path / "exp"
+    argv = ["experiment", "paper", "--data", str(synth_data), "--out", str(out), "--bits", "16",
+            "--seeds", "1", "--settings", "hashgan-both", "dcmh", "--labeled-fractions", "1", *TINY]
+    assert main(argv) == 0
+    results = {json.loads(p.read_text())["cell"]["setting"]: json.loads(p.read_text())
+               for p in out.glob("cells/*/*/result.json")}
+    assert set(results) == {"hashgan-both", "dcmh"}
+    report = (out / "report.md").read_text()
+    name = results["dcmh"]["cell"]["dataset"]
+    for setting, row in (("hashgan-both", "HashGAN"), ("dcmh", "DCMH")):
+        r = results[setting]
+        t1, t2 = section(report, "Table 1"), section(report, "Table 2")
+        assert f"| I->T | {row} | {fmt([r['map_i2t']])} |" in t1
+        assert f"| T->I | {row} | {fmt([r['map_t2i']])} |" in t1
+        assert f"| I->T | {row} | {fmt([r['top500_map_i2t']])} |" in t2
+        assert f"| T->I | {row} | {fmt([r['top500_map_t2i']])} |" in t2
+    both = results["hashgan-both"]
+    assert f"| T->I | 16 | {fmt([both['map_t2i']])} | not run | not run |" in section(report, "Table 3")
+    t4 = section(report, "Table 4")
+    assert f"| I->T | both | {fmt([both['map_i2t']])} |" in t4 and "| I->T | none | – |" in t4
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert sorted(figures) == sorted([f"report-fig5-{name}-i2t.png", f"report-fig5-{name}-t2i.png",
+                                      f"report-fig6-{name}.png"])
+    assert all((out / f).read_bytes().startswith(b"\x89PNG") for f in figures)
+    assert "hashgan-ray experiment paper --data" in report and "| torch |" in report
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/**/*") if p.is_file()}
+    assert main(argv) == 0                                    # finished cells are not rerun
+    assert {p: p.stat().st_mtime_ns for p in out.glob("cells/**/*") if p.is_file()} == stamps
