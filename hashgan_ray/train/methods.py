@@ -40,6 +40,7 @@ METHODS = {
     "hashgan": ("hashgan_ray.train.steps", "HashGANTrainer"),
     "dcmh": ("hashgan_ray.train.dcmh", "DCMHTrainer"),
     "dfah": ("hashgan_ray.train.dfah", "DFAHTrainer"),
+    "schgan": ("hashgan_ray.train.schgan", "SCHGANTrainer"),
 }
 
 
