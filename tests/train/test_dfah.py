@@ -253,21 +253,11 @@ def test_training_on_a_batch_raises_in_batch_map(batch, one_thread):
 
 # -- on Ray Train, then through the index ------------------------------------ #
 
-@pytest.fixture(scope="module")
-def ray3():
-    """Two training workers plus a CPU for Ray Data's read/decode tasks."""
-    import ray
-
-    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_two_ray_workers_train_dfah_and_its_model_is_indexed_unchanged(ray3, synth_data, tmp_path):
-    from conftest import write_exact_index
+    # ray3: tests/train/conftest.py
     from hashgan_ray.evaluate import encode_split
-    from hashgan_ray.index.store import HashIndex
+    from hashgan_ray.index.build import build_index
+    from hashgan_ray.index.store import HashIndex, read_codes
     from hashgan_ray.model.checkpoint import TRAIN_STATE, fingerprint, load_model
     from hashgan_ray.train.loop import fit
 
@@ -285,8 +275,13 @@ def test_two_ray_workers_train_dfah_and_its_model_is_indexed_unchanged(ray3, syn
     model_dir = Path(cfg.out) / "model"
     model, config = load_model(model_dir)
     assert config["method"] == "dfah" and model.bits == 16
-    index = write_exact_index(tmp_path / "index", model_dir, synth_data)
-    database = encode_split(model, synth_data, "database")
+    build_index(model_dir, synth_data, tmp_path / "index", batch_size=64)    # the Ray Data job
+    index = tmp_path / "index"
+    database = encode_split(model, synth_data, "database")           # what `eval` ranks
+    indexed = read_codes(index)
+    assert np.array_equal(indexed.ids, database.ids)
+    assert np.array_equal(indexed.image, database.image_codes)
+    assert np.array_equal(indexed.text, database.text_codes)
     served = HashIndex(index, bits=16, checkpoint_fingerprint=fingerprint(model_dir))
     distances, ids = served.search(database.image_codes[:5], "image", 3)
     assert (distances[:, 0] == 0).all() and np.isin(ids, database.ids).all()
