@@ -11,6 +11,7 @@ a batch with no valid triplet contributes 0. Distances are Euclidean, as eq. 5.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def label_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
@@ -59,3 +60,10 @@ def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: fl
     terms["adversarial"] = terms["t2i_adv"] + terms["i2t_adv"]
     terms["full"] = terms["retrieval"] + terms["adversarial"]
     return terms
+
+
+def pairwise_nll(x: torch.Tensor, y: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+    """J(X, Y) = mean_ij [log(1 + exp Θ_ij) − S_ij Θ_ij], Θ = ½ X Yᵀ (DCMH eq. 2):
+    the pairwise likelihood loss of DCMH, also DFAH's pair-wise supervision."""
+    theta = 0.5 * x @ y.T                                              # (n, n)
+    return (F.softplus(theta) - sim.float() * theta).mean()

@@ -44,9 +44,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hashgan_ray.losses import label_similarity
+from hashgan_ray.losses import label_similarity, pairwise_nll
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
-from hashgan_ray.train.dfah import pairwise_nll      # DCMH's eq. 2, also DFAH's first term
 from hashgan_ray.train.steps import autocast
 
 GAMMA = 1.0   # quantization weight γ (DCMH, section 4.1)

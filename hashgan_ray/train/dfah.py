@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashgan_ray.losses import label_similarity
+from hashgan_ray.losses import label_similarity, pairwise_nll
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
 from hashgan_ray.train.methods import no_all_reduce
 from hashgan_ray.train.steps import autocast, frozen
@@ -129,12 +129,6 @@ class Extractors(nn.Module):
 
 
 # -- losses (module docstring, items 1-5) ----------------------------------- #
-
-def pairwise_nll(x: torch.Tensor, y: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
-    """J(X, Y) = mean_ij [log(1 + exp Θ_ij) − S_ij Θ_ij], Θ = ½ X Yᵀ (DCMH eq. 2)."""
-    theta = 0.5 * x @ y.T                                              # (n, n)
-    return (F.softplus(theta) - sim.float() * theta).mean()
-
 
 def embedding_loss(f: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """E: both modality codes regress onto the pair's fused code (a constant)."""

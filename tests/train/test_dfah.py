@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
-from hashgan_ray.losses import label_similarity
+from hashgan_ray.losses import label_similarity, pairwise_nll
 from hashgan_ray.metrics import mean_average_precision
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
 from hashgan_ray.train import dfah
@@ -71,7 +71,7 @@ def test_pairwise_nll_is_dcmh_negative_log_likelihood():
             theta = 0.5 * float(x[i] @ y[j])
             p = 1 / (1 + math.exp(-theta))                       # σ(Θ): P(S_ij = 1)
             total -= math.log(p) if sim[i, j] else math.log(1 - p)
-    assert dfah.pairwise_nll(x, y, sim).item() == pytest.approx(total / 25, rel=1e-5)
+    assert pairwise_nll(x, y, sim).item() == pytest.approx(total / 25, rel=1e-5)
 
 
 def test_embedding_and_quantization_terms_match_their_definitions():

@@ -5,7 +5,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from hashgan_ray.config import TrainConfig
@@ -13,16 +12,6 @@ from hashgan_ray.model.checkpoint import TRAIN_STATE, load_model
 from hashgan_ray.train.loop import fit
 
 TINY = dict(bits=16, text_hidden=64, text_features=32, batch_size=16, val_database=40, lr=1e-3)
-
-
-@pytest.fixture(scope="module")
-def ray3():
-    """Two training workers plus a CPU for Ray Data's read/decode tasks."""
-    import ray
-
-    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def adam_steps(checkpoint: Path) -> int:
