@@ -270,7 +270,8 @@ def _check_same_settings(out: Path, settings: dict) -> None:
     except (OSError, json.JSONDecodeError):
         return                     # nothing to compare with: resume as Tune stored it
     changed = [k for k in ("samples", "space") if started.get(k) != settings[k]]
-    changed += [k for k, v in settings["config"].items() if started.get("config", {}).get(k) != v]
+    # an option the package gained since keeps its default: not a change
+    changed += [k for k, v in settings["config"].items() if started.get("config", {}).get(k, v) != v]
     if changed:
         raise ValueError(f"{out} holds a search started with other settings ({', '.join(changed)} "
                          f"differ from {out / SETTINGS}): run it with those to resume, "
