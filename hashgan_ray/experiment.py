@@ -206,6 +206,12 @@ def describe(cell: Cell, result: dict) -> str:
             f"{result[f'top{TOP_K}_map_t2i']:.4f}")
 
 
+def last_line(error: Exception) -> str:
+    """The message of a cell's error without the remote traceback."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def run_grid(cells: list[Cell], base: TrainConfig, out, *, at_once: int) -> tuple[list[dict], list]:
     """Run the unfinished cells, `at_once` at a time; (results of every finished
     cell, [(cell, error)] of the failed ones). One log line per finished cell."""
@@ -231,7 +237,7 @@ def run_grid(cells: list[Cell], base: TrainConfig, out, *, at_once: int) -> tupl
             results[cell] = ray.get(ref)
         except Exception as e:          # one failed cell must not stop the grid
             failed.append((cell, e))
-            log.error("[%d/%d] FAILED %s: %s", done, len(cells), cell.key, e)
+            log.error("[%d/%d] FAILED %s/%s: %s", done, len(cells), cell.dataset, cell.key, e)
             continue
         log.info("[%d/%d] %s (%.0f s; %.0f s so far)", done, len(cells), describe(cell, results[cell]),
                  results[cell]["train_seconds"] + results[cell]["eval_seconds"],
@@ -303,7 +309,7 @@ def run_paper(data_dirs: list[str], out: str, base: TrainConfig, *, bits: list[i
     at_once = at_once or cells_that_fit(base, ray.cluster_resources())
     results, failed = run_grid(cells, base, out, at_once=at_once)
     notes = [f"{len(failed)} cells failed and are missing: "
-             + "; ".join(f"{c.dataset}/{c.key}: {e}" for c, e in failed)] if failed else []
+             + "; ".join(f"{c.dataset}/{c.key} ({last_line(e)})" for c, e in failed)] if failed else []
     path = write_report(results, Path(report or Path(out) / "report.md"), {
         "command": command_line(data_dirs, out, grid, base), "grid": grid, "notes": notes,
         "versions": {**versions(), "Ray cluster CPUs": f"{ray.cluster_resources().get('CPU', 0):g}"}})
