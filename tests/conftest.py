@@ -1,6 +1,15 @@
+import os
+
 import pytest
 
+from hashgan_ray.cluster_local import free_port  # noqa: F401  (tests import it from here)
 from hashgan_ray.data.synth import generate
+
+# Ray reads its authentication mode once, when it is imported. Ray 2.60 turns
+# token authentication on for every local ray.init() anyway; saying so before
+# anything imports Ray also lets a test's driver join the token-protected
+# clusters that `ray start` makes (tests/cluster).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +72,14 @@ def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
     return out
 
 
-def free_port() -> int:
-    import socket
+def brute(code_hex: str, db_codes, ids) -> list[dict]:
+    """The brute-force Hamming ranking of every database code for one query
+    code (hex, as /v1/encode answers), in the API's result format."""
+    import numpy as np
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from hashgan_ray.metrics import hamming_distances
+
+    q = np.frombuffer(bytes.fromhex(code_hex), np.uint8)[None]
+    d = hamming_distances(q, db_codes)[0]
+    order = np.argsort(d, kind="stable")                  # ties by database order
+    return [{"id": int(ids[i]), "distance": int(d[i])} for i in order]

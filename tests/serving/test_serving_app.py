@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, write_exact_index, write_tiny_model
+from conftest import brute, free_port, write_exact_index, write_tiny_model
 from hashgan_ray.cli import main
 from hashgan_ray.data.format import read_meta, read_pairs
 from hashgan_ray.evaluate import encode_split
 from hashgan_ray.index import store
-from hashgan_ray.metrics import hamming_distances
 from hashgan_ray.model.checkpoint import fingerprint, load_model
 
 httpx = pytest.importorskip("httpx")
@@ -63,13 +62,6 @@ def png(width, height) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
     return out.getvalue()
-
-
-def brute(code_hex: str, db_codes: np.ndarray, ids: np.ndarray):
-    q = np.frombuffer(bytes.fromhex(code_hex), np.uint8)[None]
-    d = hamming_distances(q, db_codes)[0]
-    order = np.argsort(d, kind="stable")                  # ties by database order
-    return [{"id": int(ids[i]), "distance": int(d[i])} for i in order]
 
 
 def test_served_results_are_the_brute_force_ranking(service, queries, index_dir):
