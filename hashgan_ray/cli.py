@@ -81,6 +81,8 @@ TRAIN_HELP = {
     "backbone_weights": "file of those weights (default: torchvision's cache)",
     "val_database": "database sample for the per-epoch validation MAP (0: all)",
     "max_failures": "worker failures to recover from (restart from the last checkpoint)",
+    "placement_strategy": "where Ray puts the workers: PACK | SPREAD (across nodes) | "
+                          "STRICT_PACK | STRICT_SPREAD",
     "cache_train": "decode the train split once into Ray's object store (else every epoch)",
 }
 

@@ -13,6 +13,7 @@ from hashgan_ray.train.methods import METHODS
 
 BACKBONES = ("small", "resnet18", "vgg19")
 ATTENTION = ("both", "image", "text", "none")
+PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")   # Ray placement group strategies
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     max_failures: int = 0
+    placement_strategy: str = "PACK"  # of the workers' placement group; SPREAD: across nodes
 
     def __post_init__(self):
         if self.bits <= 0 or self.bits % 8:
@@ -68,6 +70,9 @@ class TrainConfig:
             raise ValueError(f"labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
         if self.d_steps < 1 or self.g_steps < 0:
             raise ValueError("d_steps must be >= 1 and g_steps >= 0")
+        if self.placement_strategy not in PLACEMENT:
+            raise ValueError(f"placement_strategy must be one of {PLACEMENT}, "
+                             f"got {self.placement_strategy!r}")
 
     # Only HashGAN has an attention module; the compared methods hash whole features.
     @property

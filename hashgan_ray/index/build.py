@@ -55,8 +55,9 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
     Ray Data fuses the decoding into the encoder actors, so they do all the work.
     On GPUs (`gpus_per_actor` None: 1 when the cluster has GPUs) there is one
     actor per GPU. On CPUs there is one single-threaded actor per CPU (`actors`
-    None), and together they reserve all CPUs but one: Ray Data's read tasks need
-    a whole CPU each and would otherwise wait for the actors forever."""
+    None), and together they reserve all CPUs but one per node: Ray Data's read
+    tasks need a whole CPU each and would otherwise wait for the actors forever
+    (with one CPU per node left over, some node has a whole one free)."""
     config = check_dataset(checkpoint, data_dir)
     spec = BatchSpec.from_meta(read_meta(data_dir), config["model"]["image_size"])
     resources = ray.cluster_resources()
@@ -68,7 +69,8 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
         cpus_per_actor, threads = 1.0, None
     else:
         actors = actors or cpus
-        cpus_per_actor, threads = max(0, cpus - 1) / actors, 1
+        nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
+        cpus_per_actor, threads = max(0, cpus - max(nodes, 1)) / actors, 1
     ds = read_split(data_dir, split, spec=spec, rows_per_block=batch_size)
     # Database order = storage order, so that ties rank as in `hashgan-ray eval`.
     ds.context.execution_options.preserve_order = True

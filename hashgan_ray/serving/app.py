@@ -299,14 +299,17 @@ class SearchAPI:
 def build_app(args: dict) -> serve.Application:
     """The application for `serve run` (args from serve/config.yaml) and
     `hashgan-ray serve`. args: checkpoint, index (paths); optional encoder_replicas,
-    encoder_cpus, shard_cpus, ingress_cpus, limits (Limits fields). The API token
-    comes from HASHGAN_API_TOKEN where the application is built.
+    encoder_cpus, shard_cpus, ingress_cpus, limits (Limits fields), shard_resources (a
+    list, one dict of custom Ray resources per shard: shard s runs on a node that has
+    shard_resources[s], e.g. [{"shards_a": 1}, {"shards_b": 1}] over nodes started with
+    `--resources '{"shards_a": 1}'` and `'{"shards_b": 1}'`). The API token comes from
+    HASHGAN_API_TOKEN where the application is built.
 
     Refuses, before anything starts, an index of another code length or model."""
     from hashgan_ray.model.checkpoint import fingerprint, read_config
 
     unknown = set(args) - {"checkpoint", "index", "encoder_replicas", "encoder_cpus",
-                           "shard_cpus", "ingress_cpus", "limits"}
+                           "shard_cpus", "ingress_cpus", "limits", "shard_resources"}
     if unknown:
         raise ValueError(f"unknown application args: {', '.join(sorted(unknown))}")
     checkpoint = str(Path(args["checkpoint"]).resolve())
@@ -318,10 +321,15 @@ def build_app(args: dict) -> serve.Application:
     Limits(**args.get("limits", {}))                            # unknown limit names fail here
     encoder_cpus = float(args.get("encoder_cpus", 1.0))
     shard_cpus = float(args.get("shard_cpus", 0.25))
+    placed = args.get("shard_resources") or [{}] * len(manifest["shards"])
+    if len(placed) != len(manifest["shards"]):
+        raise ValueError(f"shard_resources has {len(placed)} entries for "
+                         f"{len(manifest['shards'])} shards")
     encoder = QueryEncoder.options(
         num_replicas=int(args.get("encoder_replicas", 1)),
         ray_actor_options={"num_cpus": encoder_cpus}).bind(checkpoint, max(1, int(encoder_cpus)))
-    shards = [IndexShard.options(name=f"IndexShard{s}", ray_actor_options={"num_cpus": shard_cpus})
+    shards = [IndexShard.options(name=f"IndexShard{s}", ray_actor_options={
+                  "num_cpus": shard_cpus, "resources": dict(placed[s])})
               .bind(index, s, bits, model_fp, max(1, int(shard_cpus)))
               for s in range(len(manifest["shards"]))]
     return SearchAPI.options(ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.25))}
