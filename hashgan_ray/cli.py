@@ -84,6 +84,8 @@ TRAIN_HELP = {
     "placement_strategy": "where Ray puts the workers: PACK | SPREAD (across nodes) | "
                           "STRICT_PACK | STRICT_SPREAD",
     "cache_train": "decode the train split once into Ray's object store (else every epoch)",
+    "method": "hashgan (the paper) or a compared method: see README, \"Methods\"",
+    "labeled_fraction": "share of the train split used with its labels (semi-supervised runs)",
 }
 
 
