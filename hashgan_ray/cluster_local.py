@@ -218,8 +218,9 @@ class LocalCluster:
         from ray.util.state import list_actors
 
         filters = [("class_name", "=", class_name)] + ([("state", "=", "ALIVE")] if alive else [])
-        return {a.actor_id: a.node_id
-                for a in list_actors(address=self.address, filters=filters, limit=10_000)}
+        return {a.actor_id: a.node_id for a in list_actors(
+            address=self.address, filters=filters, limit=10_000,
+            timeout=120)}                       # 30 s by default: short on a loaded machine
 
     def stop(self) -> None:
         if self._connected:

@@ -41,7 +41,7 @@ def one_node_run(cluster, synth_data, tmp_path_factory):
     """The reference: both workers packed onto one node (the second)."""
     out = tmp_path_factory.mktemp("pack") / "run"
     result, nodes = train_on(cluster, TrainConfig(data=str(synth_data), out=str(out), **TINY))
-    assert len(nodes) == 2 and len(set(nodes)) == 1
+    assert len(nodes) == 2 and len(set(nodes)) == 1, f"workers on {nodes}"
     return result, out
 
 
@@ -67,7 +67,8 @@ def test_two_workers_on_two_nodes_train_as_on_one(cluster, one_node_run, synth_d
     cfg = TrainConfig(data=str(synth_data), out=str(tmp_path / "run"), placement_strategy="SPREAD",
                       **TINY)
     result, nodes = train_on(cluster, cfg)
-    assert sorted(nodes) == sorted(cluster.node_id(n) for n in cluster.nodes)   # one each
+    every = sorted(cluster.node_id(n) for n in cluster.nodes)
+    assert sorted(nodes) == every, f"workers on {nodes}, nodes {every}"   # one on each
     assert result.metrics["epoch"] == 3 and result.metrics["replicas_in_sync"] == 1.0
     assert max_weight_difference(reference_out / "model", tmp_path / "run" / "model") \
         <= WEIGHT_TOLERANCE
