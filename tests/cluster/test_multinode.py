@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import brute, free_port, write_exact_index
+from helpers import brute, free_port, write_exact_index
 from hashgan_ray.cluster_local import TRAIN_WORKER, LocalCluster, max_weight_difference
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta, read_pairs

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_tiny_model
+from helpers import write_tiny_model
 from hashgan_ray.cli import main
 from hashgan_ray.data.format import DatasetWriter, DataError, read_meta, read_pairs
 from hashgan_ray.evaluate import encode_split

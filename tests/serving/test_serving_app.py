@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import brute, free_port, write_exact_index, write_tiny_model
+from helpers import brute, free_port, write_exact_index, write_tiny_model
 from hashgan_ray.cli import main
 from hashgan_ray.data.format import read_meta, read_pairs
 from hashgan_ray.evaluate import encode_split

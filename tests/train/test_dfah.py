@@ -28,16 +28,6 @@ def batch(synth_data):
     return batch
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads wait on each
-    other (measured 1.3 s vs 0.06 s per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_trainer(batch, seed=0, train_ids=None):
     torch.manual_seed(seed)
     model = HashGAN(bits=16, vocab_size=batch["text"].shape[1], text_hidden=64, text_features=32,
@@ -253,7 +243,7 @@ def test_training_on_a_batch_raises_in_batch_map(batch, one_thread):
 
 # -- on Ray Train, then through the index ------------------------------------ #
 
-def test_two_ray_workers_train_dfah_and_its_model_is_indexed_unchanged(ray3, synth_data, tmp_path):
+def test_two_ray_workers_train_dfah_and_its_model_is_indexed_and_served_unchanged(ray3, synth_data, tmp_path):
     # ray3: tests/train/conftest.py
     from hashgan_ray.evaluate import encode_split
     from hashgan_ray.index.build import build_index
@@ -285,3 +275,26 @@ def test_two_ray_workers_train_dfah_and_its_model_is_indexed_unchanged(ray3, syn
     served = HashIndex(index, bits=16, checkpoint_fingerprint=fingerprint(model_dir))
     distances, ids = served.search(database.image_codes[:5], "image", 3)
     assert (distances[:, 0] == 0).all() and np.isin(ids, database.ids).all()
+
+    # The Serve application takes the DFAH model and its index as they are.
+    import httpx
+    from ray import serve
+
+    from helpers import brute, free_port
+    from hashgan_ray.data.format import read_meta, read_pairs
+    from hashgan_ray.serving.app import build_app
+
+    vocab = read_meta(synth_data).vocabulary
+    words = [vocab[i] for i in read_pairs(synth_data, "query", columns=["text"]).column("text")[0].as_py()]
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"checkpoint": str(model_dir), "index": str(index)}), name="dfah",
+                  route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            assert client.get("/v1/info").json()["model"]["bits"] == 16
+            code = client.post("/v1/encode", json={"text": words}).json()["code"]
+            found = client.post("/v1/search", json={"text": words, "k": 1000}).json()
+    finally:
+        serve.shutdown()
+    assert found["results"] == brute(code, indexed.image, indexed.ids)

@@ -149,16 +149,6 @@ def in_batch_map(model, batch) -> tuple[float, float]:
     return m["map_i2t"], m["map_t2i"]
 
 
-@pytest.fixture
-def one_thread():
-    """Small tensors: one intra-op thread (two threads on a busy 2-core machine
-    made this test ten times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_training_steps_raise_in_batch_map(batch, one_thread):
     small = {k: v[:16] for k, v in batch.items()}                       # 8 labelled, 8 not
     trainer = make_trainer(lr=3e-3)

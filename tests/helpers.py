@@ -1,0 +1,53 @@
+"""Helpers the tests import (`from helpers import ...`): tests/ is on sys.path
+because of tests/conftest.py. Fixtures live in the conftest files."""
+from hashgan_ray.cluster_local import free_port
+
+__all__ = ["free_port", "write_tiny_model", "write_exact_index", "brute"]
+
+
+def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):
+    """An untrained, small HashGAN model directory for `data_dir`'s vocabulary
+    (text_hidden 32): cheap to make, loads like an exported one."""
+    import torch
+
+    from hashgan_ray.data.format import read_meta
+    from hashgan_ray.model.checkpoint import write_model_files
+    from hashgan_ray.model.hashgan import HashGAN
+
+    meta = read_meta(data_dir)
+    torch.manual_seed(seed)
+    model = HashGAN(bits=bits, vocab_size=meta.vocab_size, text_hidden=32, text_features=16)
+    out.mkdir(parents=True)
+    write_model_files(out, model, vocabulary=meta.vocabulary, label_names=meta.label_names,
+                      train_config={})
+    return out
+
+
+def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
+    """An exact index of `data_dir`'s database codes, written in-process without
+    Ray Data (tests/index covers the Ray Data job) -> out."""
+    from hashgan_ray.evaluate import encode_split
+    from hashgan_ray.index import store
+    from hashgan_ray.model.checkpoint import fingerprint, load_model
+
+    model, _ = load_model(model_dir)
+    db = encode_split(model, data_dir, "database")
+    store.write_index(out, lambda w: w.add(db.ids, db.image_codes, db.text_codes),
+                      bits=model.bits, kind="flat", shards=shards, manifest_fields={
+                          "checkpoint": {"path": str(model_dir),
+                                         "fingerprint": fingerprint(model_dir)},
+                          "datasets": [], "dataset_fingerprint": ""})
+    return out
+
+
+def brute(code_hex: str, db_codes, ids) -> list[dict]:
+    """The brute-force Hamming ranking of every database code for one query
+    code (hex, as /v1/encode answers), in the API's result format."""
+    import numpy as np
+
+    from hashgan_ray.metrics import hamming_distances
+
+    q = np.frombuffer(bytes.fromhex(code_hex), np.uint8)[None]
+    d = hamming_distances(q, db_codes)[0]
+    order = np.argsort(d, kind="stable")                  # ties by database order
+    return [{"id": int(ids[i]), "distance": int(d[i])} for i in order]
