@@ -294,11 +294,13 @@ def main() -> None:
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port},
-                        logging_config={"enable_access_log": False, "log_level": "WARNING"})
+            # No access log line per request, in the proxy (serve.start) and in every
+            # replica of both applications (serve.run): the same for both.
+            quiet = {"enable_access_log": False, "log_level": "WARNING"}
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
             serve.run(build_app({"checkpoint": str(tmp / "model"), "index": str(tmp / "index")}),
-                      name="hashgan", route_prefix="/")
-            serve.run(noop_app(), name="noop", route_prefix="/noop")
+                      name="hashgan", route_prefix="/", logging_config=quiet)
+            serve.run(noop_app(), name="noop", route_prefix="/noop", logging_config=quiet)
             rows = []
             for c in args.connections:
                 noop = run_load(url, "/noop/v1/search", bodies_file, c, args.duration)

@@ -3,9 +3,10 @@
     serve run serve/config.yaml                        # or
     hashgan-ray serve --checkpoint RUN/model --index INDEX_DIR [--host 127.0.0.1] [--port 8000]
 
-The ingress validates each request (hashgan_ray.serving.query) and hands it to
-`_search`, which Serve batches: one batch of concurrent queries makes one call
-to the encoder per modality and one call per shard, so the encoder and FAISS
+The ingress validates each request (hashgan_ray.serving.query) and queues it
+for `_search`, one batch at a time (see MAX_BATCH): one batch of concurrent
+queries makes one call to the encoder per modality and one call per shard and
+target, so the encoder and FAISS
 see matrices rather than single queries. The encoder batches again across
 ingress replicas (`@serve.batch`). Shards hold contiguous ranges of the
 database and their answers are merged by distance (hashgan_ray.index.store.merge).
@@ -37,10 +38,12 @@ TOKEN_ENV = "HASHGAN_API_TOKEN"
 # Serve queues what exceeds a replica's max_ongoing_requests in the proxy, where
 # it cannot be batched: let the ingress hold many, it only awaits.
 INGRESS_ONGOING, BACKEND_ONGOING = 256, 64
-# Ingress batching: a query that is alone goes at once; while other requests are
-# in the ingress, a batch waits up to BATCH_WAIT_S for more (serve_bench: on 2
-# cores, 2 ms waits made batches of ~1.4 queries at 32 connections).
-MAX_BATCH, BATCH_WAIT_S = 64, 0.03
+# Ingress batching without a timer: one batch is in flight at a time, and the
+# queries that arrive meanwhile make the next one (up to MAX_BATCH). A lone query
+# goes at once; under load batches grow by themselves. (serve.batch closes a
+# batch after a fixed wait and queues it behind the running one: short waits
+# made batches of 1-2 at 8 connections, long ones delayed every query.)
+MAX_BATCH = 64
 
 api = FastAPI(title="hashgan-ray search", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -109,7 +112,8 @@ class SearchAPI:
         from hashgan_ray.model.checkpoint import read_config
 
         self.encoder, self.shards = encoder, shards
-        self._ongoing = 0                          # requests inside this replica now
+        self._waiting: list = []                   # (query, future) for the next batch
+        self._dispatcher: asyncio.Task | None = None
         self.token = token.encode() if token else None
         self.limits = Limits(**(limits or {}))
         config = read_config(checkpoint)
@@ -145,7 +149,6 @@ class SearchAPI:
     async def _guarded(self, request: Request, work):
         """Auth, then `work()` within the time limit; every failure becomes a JSON
         error and nothing escapes to crash the replica."""
-        self._ongoing += 1
         try:
             self._authorize(request)
             return await asyncio.wait_for(work(), self.limits.request_timeout_s)
@@ -156,8 +159,6 @@ class SearchAPI:
         except Exception:
             log.exception("request failed")
             return error(500, "internal error: the request could not be answered")
-        finally:
-            self._ongoing -= 1
 
     async def _ok(self, payload):
         return payload
@@ -259,11 +260,31 @@ class SearchAPI:
 
     # -- batched work ----------------------------------------------------------
     async def _batched(self, query: Query):
-        self._search.set_batch_wait_timeout_s(BATCH_WAIT_S if self._ongoing > 1 else 0.0)
-        return await self._search(query)
+        """The query's (distances, ids), searched in a batch with whatever else waits."""
+        found = asyncio.get_running_loop().create_future()
+        self._waiting.append((query, found))
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch())
+        return await found
 
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
+    async def _dispatch(self):
+        """Search the waiting queries batch after batch until none is left."""
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            try:
+                results = await self._search([q for q, _ in batch])
+            except Exception as e:                    # each caller gets the error
+                results = [e] * len(batch)
+            for (_, found), result in zip(batch, results):
+                if found.done():                      # its request timed out meanwhile
+                    continue
+                if isinstance(result, Exception):
+                    found.set_exception(result)
+                else:
+                    found.set_result(result)
+
     async def _search(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One encoder call per modality and one call per shard and target."""
         codes = await self._encode(queries)                                 # (n, bits/8)
         found: list = [None] * len(queries)
         for target in TARGETS:
