@@ -17,7 +17,8 @@ from hashgan_ray.model.checkpoint import fingerprint, load_model
 
 httpx = pytest.importorskip("httpx")
 TOKEN = "test-token-7f3a"
-LIMITS = {"max_image_bytes": 60_000, "max_body_bytes": 100_000, "max_image_pixels": 500_000}
+LIMITS = {"max_image_bytes": 60_000, "max_body_bytes": 100_000, "max_image_pixels": 500_000,
+          "body_timeout_s": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +190,46 @@ def test_an_index_of_another_model_is_refused(index_dir, synth_data, tmp_path, c
     other = write_tiny_model(tmp_path / "other", synth_data, bits=16, seed=1)
     assert main(["serve", "--checkpoint", str(other), "--index", str(index_dir)]) == 2
     assert "built with another model" in capsys.readouterr().err
+
+
+def test_a_body_that_stops_coming_gets_408_and_a_slow_answer_504(service, queries):
+    import socket
+
+    from ray import serve
+
+    from hashgan_ray.serving.app import build_app
+
+    client, args, port = service
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                    b'{"text": ')                                  # and then nothing
+        answer = b""
+        while not answer.endswith(b"}"):                           # the JSON error, whole
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 408"), head
+    assert json.loads(body)["status"] == 408 and "did not arrive in time" in json.loads(body)["error"]
+
+    # A second application whose time limit no search can meet (tiny CPUs: it
+    # shares the 2 CPUs with the first); its replica answers 504 and goes on.
+    strict = {**args, "limits": {**LIMITS, "request_timeout_s": 1e-6}, "ingress_cpus": 0.05,
+              "encoder_cpus": 0.05, "shard_cpus": 0.05}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HASHGAN_API_TOKEN", TOKEN)
+        serve.run(build_app(strict), name="strict", route_prefix="/strict")
+    try:
+        for _ in range(2):
+            r = client.post("/strict/v1/search", json={"text": queries[0]["words"]})
+            assert r.status_code == 504 and "took longer than 1e-06 s" in r.json()["error"], r.text
+        assert client.get("/strict/v1/healthz").json() == {"status": "ok"}
+    finally:
+        serve.delete("strict")
+    assert client.post("/v1/search", json={"text": queries[0]["words"]}).status_code == 200
 
 
 def test_token_on_then_off(service, queries):
