@@ -6,10 +6,10 @@
 The ingress validates each request (hashgan_ray.serving.query) and queues it
 for `_search`, one batch at a time (see MAX_BATCH): one batch of concurrent
 queries makes one call to the encoder per modality and one call per shard and
-target, so the encoder and FAISS
-see matrices rather than single queries. The encoder batches again across
-ingress replicas (`@serve.batch`). Shards hold contiguous ranges of the
-database and their answers are merged by distance (hashgan_ray.index.store.merge).
+target, so the encoder and FAISS see matrices rather than single queries. The
+encoder batches again across ingress replicas (`@serve.batch`). Shards hold
+contiguous ranges of the database and their answers are merged by distance
+(hashgan_ray.index.store.merge).
 """
 
 import asyncio
