@@ -28,8 +28,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hashgan_ray.cluster_local import (TRAIN_WORKER, LocalCluster,  # noqa: E402
-                                       max_weight_difference)
+from hashgan_ray.cluster_local import TRAIN_WORKER, LocalCluster  # noqa: E402
+from hashgan_ray.model.checkpoint import max_weight_difference  # noqa: E402
 
 # A custom resource per node; an index shard asks for half of one (two fit on a node).
 HEAD, SECOND = {"node_head": 1}, {"node_second": 1}

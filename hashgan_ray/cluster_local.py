@@ -244,13 +244,3 @@ class LocalCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def max_weight_difference(model_a, model_b) -> float:
-    """Largest absolute difference between two model directories' weights
-    (model.pt): how far apart two runs of one configuration ended."""
-    import torch
-
-    a, b = (torch.load(Path(m) / "model.pt", map_location="cpu", weights_only=True)
-            for m in (model_a, model_b))
-    assert a.keys() == b.keys(), "the two models have different parameters"
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())

@@ -71,3 +71,13 @@ def fingerprint(directory) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def max_weight_difference(model_a, model_b) -> float:
+    """Largest absolute difference between two model directories' weights: how
+    far apart two runs of one configuration ended (tests/cluster, benchmarks)."""
+    a, b = (torch.load(Path(m) / WEIGHTS, map_location="cpu", weights_only=True)
+            for m in (model_a, model_b))
+    if {k: v.shape for k, v in a.items()} != {k: v.shape for k, v in b.items()}:
+        raise ValueError(f"{model_a} and {model_b} hold different parameters")
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())

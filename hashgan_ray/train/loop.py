@@ -27,7 +27,7 @@ from hashgan_ray.data.ray_data import read_split
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.evaluate import encode_split, retrieval_map, sample_ids
 from hashgan_ray.model.backbones import pretrained_path
-from hashgan_ray.model.checkpoint import TRAIN_STATE, export_model, write_model_files
+from hashgan_ray.model.checkpoint import TRAIN_STATE, WEIGHTS, export_model, write_model_files
 from hashgan_ray.train.methods import build_model, no_all_reduce, trainer_class
 
 log = logging.getLogger("hashgan_ray.train")
@@ -45,7 +45,7 @@ def save_checkpoint(directory, model, meta, cfg, epoch, trainer) -> None:
 def restore_checkpoint(directory, model, trainer) -> int:
     """Load weights and the trainer's state; return the epoch to start from."""
     directory = Path(directory)
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
     state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
     trainer.load_state_dict(state["trainer"])
     torch.set_rng_state(state["torch_rng"])

@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from helpers import brute, free_port, write_exact_index
-from hashgan_ray.cluster_local import TRAIN_WORKER, LocalCluster, max_weight_difference
+from hashgan_ray.cluster_local import TRAIN_WORKER, LocalCluster
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta, read_pairs
 from hashgan_ray.index import store
+from hashgan_ray.model.checkpoint import max_weight_difference
 from hashgan_ray.train.loop import fit
 
 httpx = pytest.importorskip("httpx")

@@ -5,7 +5,10 @@ import sys
 import numpy as np
 import torch
 
-from hashgan_ray.model.checkpoint import export_model, fingerprint, load_model, write_model_files
+import pytest
+
+from hashgan_ray.model.checkpoint import (WEIGHTS, export_model, fingerprint, load_model,
+                                         max_weight_difference, write_model_files)
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
 
 
@@ -56,3 +59,22 @@ def test_word_lists_encode_like_the_dense_bag_of_words():
     sparse = WordListEncoder(model)(words)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
     assert (pack_codes(sparse) == pack_codes(dense)).all()
+
+
+def test_max_weight_difference_is_the_largest_change_of_any_weight(tmp_path):
+    torch.manual_seed(0)
+    dirs = []
+    for name, bits in (("a", 16), ("b", 16), ("c", 8)):
+        model = HashGAN(bits=bits, vocab_size=10, text_hidden=8, text_features=6, image_size=32)
+        if name == "b":
+            with torch.no_grad():
+                model.load_state_dict(torch.load(dirs[0] / WEIGHTS, weights_only=True))
+                next(model.parameters()).view(-1)[3] += 0.25
+        (tmp_path / name).mkdir()
+        write_model_files(tmp_path / name, model, vocabulary=[f"w{i}" for i in range(10)],
+                          label_names=["a"], train_config={})
+        dirs.append(tmp_path / name)
+    assert max_weight_difference(dirs[0], dirs[0]) == 0.0
+    assert max_weight_difference(dirs[0], dirs[1]) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="different parameters"):
+        max_weight_difference(dirs[0], dirs[2])
