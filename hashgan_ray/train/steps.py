@@ -105,13 +105,21 @@ def build_optimizers(model: HashGAN, lr: float, beta1: float):
 
 
 def is_g_step(step: int, d_steps: int, g_steps: int) -> bool:
-    """Steps d_steps .. d_steps+g_steps-1 of every cycle are G steps (4:1 by default)."""
+    """Steps d_steps .. d_steps+g_steps-1 of every cycle are G steps (4:1 by
+    default). SCH-GAN's schedule: its G steps take the place of D steps."""
     return g_steps > 0 and step % (d_steps + g_steps) >= d_steps
 
 
+def g_steps_after(step: int, d_steps: int, g_steps: int) -> int:
+    """HashGAN's schedule: how many G steps follow the E/D step on batch `step`
+    (g_steps after every d_steps-th batch, else 0)."""
+    return g_steps if (step + 1) % d_steps == 0 else 0
+
+
 class HashGANTrainer:
-    """HashGAN's schedule (section 3.3): d_steps E/D steps, then g_steps G steps,
-    Adam for each player, the lr divided by lr_decay every lr_decay_every epochs.
+    """HashGAN's schedule (section 3.3): d_steps E/D steps, then g_steps G steps
+    on the last of those batches, Adam for each player, the lr divided by
+    lr_decay every lr_decay_every epochs.
     The trainer interface is described in train/methods.py."""
 
     uses_unlabeled = False
@@ -126,10 +134,16 @@ class HashGANTrainer:
         self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
+        # Every batch gets an E/D step and every d_steps-th batch is then used
+        # for the G step(s) too, rather than G steps taking batches from E/D:
+        # an epoch is the same number of E/D updates with or without attention,
+        # so the Table 4 ablation compares attention, not training length.
         cfg = self.cfg
-        if self.opt_g is not None and is_g_step(step, cfg.d_steps, cfg.g_steps):
-            return g_step(self.model, self.attention, batch, self.opt_g, cfg.margin)
-        return ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin)
+        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin)
+        if self.opt_g is not None:
+            for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):
+                stats.update(g_step(self.model, self.attention, batch, self.opt_g, cfg.margin))
+        return stats
 
     def end_epoch(self) -> None:
         for s in self.schedulers:

@@ -4,7 +4,7 @@ import torch
 from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.losses import label_similarity, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.steps import build_optimizers, ed_step, g_step, is_g_step
+from hashgan_ray.train.steps import build_optimizers, ed_step, g_step, g_steps_after, is_g_step
 
 MARGIN = 2.0
 
@@ -38,8 +38,31 @@ def adversarial(model, batch):
 
 
 def test_schedule_is_four_ed_steps_then_one_g_step():
+    # SCH-GAN's: G steps take the place of D steps
     assert [is_g_step(s, 4, 1) for s in range(10)] == [False] * 4 + [True] + [False] * 4 + [True]
     assert not any(is_g_step(s, 4, 0) for s in range(10))
+    # HashGAN's: G steps come after every 4th E/D step, on the same batch
+    assert [g_steps_after(s, 4, 1) for s in range(8)] == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert [g_steps_after(s, 2, 3) for s in range(4)] == [0, 3, 0, 3]
+    assert not any(g_steps_after(s, 4, 0) for s in range(8))
+
+
+@pytest.mark.parametrize("attention", ["both", "none"])
+def test_every_batch_gets_an_ed_step_with_or_without_attention(batch, attention):
+    """An epoch is the same number of E/D updates in every Table 4 setting."""
+    from hashgan_ray.config import TrainConfig
+    from hashgan_ray.train.methods import single_process, trainer_class
+
+    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=4, g_steps=1)
+    model = tiny_model(image_attention=attention == "both", text_attention=attention == "both")
+    trainer = trainer_class("hashgan")(model, cfg, wrap=single_process)
+    stats = [trainer.step(i, batch) for i in range(8)]
+    assert all("full" in s for s in stats)
+    assert trainer.opt_ed.state_dict()["state"][0]["step"] == 8
+    g_steps = [i for i, s in enumerate(stats) if "g_adversarial" in s]
+    assert g_steps == ([3, 7] if attention == "both" else [])
+    if attention == "both":
+        assert trainer.opt_g.state_dict()["state"][0]["step"] == 2
 
 
 def test_ed_step_moves_e_and_d_but_not_attention(batch):
@@ -77,9 +100,10 @@ def test_deterministic_for_a_seed_on_cpu(batch):
         model = tiny_model(seed=3)
         opt_ed, opt_g = build_optimizers(model, 1e-3, 0.5)
         torch.manual_seed(3)
-        for step in range(5):
-            (g_step(model, model.attention, batch, opt_g, MARGIN) if is_g_step(step, 4, 1)
-             else ed_step(model, model.net, batch, opt_ed, MARGIN))
+        for step in range(4):
+            ed_step(model, model.net, batch, opt_ed, MARGIN)
+            if g_steps_after(step, 4, 1):
+                g_step(model, model.attention, batch, opt_g, MARGIN)
         runs.append(snapshot(model))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
@@ -91,11 +115,12 @@ def test_hashgan_trainer_state_round_trips_through_weights_only_load(batch, tmp_
     cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=1, g_steps=1)
     model = tiny_model()
     trainer = trainer_class("hashgan")(model, cfg, wrap=single_process)
-    losses = [trainer.step(i, batch) for i in range(2)]
-    assert "full" in losses[0] and "g_adversarial" in losses[1]      # E/D then G
+    losses = trainer.step(0, batch)
+    assert "full" in losses and "g_adversarial" in losses            # E/D then G
     trainer.end_epoch()
     torch.save(trainer.state_dict(), tmp_path / "state.pt")
     again = trainer_class("hashgan")(model, cfg, wrap=single_process)
     again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert again.opt_ed.state_dict()["state"][0]["step"] == 1
+    assert again.opt_g.state_dict()["state"][0]["step"] == 1
     assert again.schedulers[0].last_epoch == 1
