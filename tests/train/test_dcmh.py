@@ -170,21 +170,29 @@ def test_state_dict_round_trips_with_weights_only(synth_data):
     assert other.optimizers["image"].state_dict()["state"][0]["step"] == 1
 
 
-def test_two_workers_train_dcmh_and_export_a_servable_model(ray3, synth_data, tmp_path):
+def test_two_workers_train_dcmh_on_the_labelled_half_and_export_a_servable_model(
+        ray3, synth_data, tmp_path):
+    from hashgan_ray.data.splits import labeled_ids
     from hashgan_ray.evaluate import encode_split, retrieval_map
     from hashgan_ray.model.checkpoint import TRAIN_STATE, load_model
-    from hashgan_ray.train.loop import fit
+    from hashgan_ray.train.loop import fit, train_split_ids
 
     cfg = TrainConfig(data=str(synth_data), out=str(tmp_path / "run"), epochs=1, workers=2,
-                      method="dcmh", val_database=40, **TINY)
+                      method="dcmh", val_database=40, labeled_fraction=0.5, **TINY)
     result = fit(cfg)
     assert result.metrics["epoch"] == 1 and result.metrics["replicas_in_sync"] == 1.0
     assert np.isfinite(result.metrics["loss_image_total"])
     state = torch.load(Path(result.checkpoint.path) / TRAIN_STATE, weights_only=True)["trainer"]
-    # 120 train pairs over 2 workers, batches of 16: 3 steps each, 96 rows refreshed and summed
-    assert int(state["known"]["image"].sum()) == 96
+    # A supervised method sees only the labelled pairs: 60 of the 120, 30 per
+    # worker, batches of 16 with drop_last: 1 step each, 32 rows refreshed and
+    # summed over the workers, all of them labelled ones.
+    train_ids = train_split_ids(synth_data)
+    refreshed = train_ids[state["known"]["image"].numpy()]
+    assert len(refreshed) == 32
+    assert set(refreshed) <= set(labeled_ids(train_ids, 0.5, cfg.seed))
     assert torch.equal(state["codes"], torch.sign(state["buffers"]["image"] + state["buffers"]["text"]))
     model, config = load_model(Path(cfg.out) / "model")
     assert config["method"] == "dcmh" and model.attention.image is None
+    assert config["train"]["labeled_fraction"] == 0.5
     m = retrieval_map(encode_split(model, synth_data, "query"), encode_split(model, synth_data, "database"))
     assert 0 < m["map_i2t"] <= 1 and 0 < m["map_t2i"] <= 1
