@@ -44,7 +44,7 @@ report: $(STAMP)
 	    --epochs $(REPORT_EPOCHS) --text-hidden 1024 --text-features 512 --lr 1e-3 --val-database 200
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO) $(REPORT) .pytest_cache
