@@ -33,7 +33,8 @@ demo: $(STAMP)
 # The paper's grid on the synthetic default (README, "Experiments"): 3 bit lengths x
 # (4 attention settings + every other registered method) x 3 seeds + the 10%-labelled
 # rows, 2 cells at a time on 2 CPUs. Finished cells stay in $(REPORT)/grid-*, so running
-# it again only does what is missing. 54 min measured on 2 cores (README).
+# it again only does what is missing. 54 min measured on 2 cores before G steps came on
+# top of the E/D steps (commit e611b7d), which added ~14 min of summed training (README).
 REPORT := report-out
 REPORT_EPOCHS ?= 2
 report: $(STAMP)

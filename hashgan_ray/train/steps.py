@@ -19,12 +19,15 @@ gradients; the other player is run as a constant:
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import nn
 
 from hashgan_ray.losses import hashgan_losses, label_similarity, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
+
+log = logging.getLogger("hashgan_ray.train")
 
 
 @contextlib.contextmanager
@@ -132,6 +135,8 @@ class HashGANTrainer:
         # Two wrappers: E+D and G are updated in alternation (module docstring).
         self.net = wrap(model.net)
         self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
+        self._epoch_steps = self._epoch_g_steps = 0
+        self._warned_no_g_step = False
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
         # Every batch gets an E/D step and every d_steps-th batch is then used
@@ -140,12 +145,24 @@ class HashGANTrainer:
         # so the Table 4 ablation compares attention, not training length.
         cfg = self.cfg
         stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin)
+        self._epoch_steps += 1
         if self.opt_g is not None:
             for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):
                 stats.update(g_step(self.model, self.attention, batch, self.opt_g, cfg.margin))
+                self._epoch_g_steps += 1
         return stats
 
     def end_epoch(self) -> None:
+        # The step count restarts every epoch, so an epoch of fewer than d_steps
+        # batches (per worker) never trains G: say so rather than train a model
+        # whose attention silently stays where it started.
+        if (self.opt_g is not None and self.cfg.g_steps > 0 and self._epoch_steps
+                and not self._epoch_g_steps and not self._warned_no_g_step):
+            log.warning("attention (G) got no step this epoch: %d batches per worker, fewer than "
+                        "d_steps=%d; use a smaller --batch-size or --d-steps, or more data",
+                        self._epoch_steps, self.cfg.d_steps)
+            self._warned_no_g_step = True
+        self._epoch_steps = self._epoch_g_steps = 0
         for s in self.schedulers:
             s.step()
 

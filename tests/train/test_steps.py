@@ -65,6 +65,31 @@ def test_every_batch_gets_an_ed_step_with_or_without_attention(batch, attention)
         assert trainer.opt_g.state_dict()["state"][0]["step"] == 2
 
 
+@pytest.mark.parametrize("batches", [3, 4])
+def test_an_epoch_too_short_for_a_g_step_is_reported(batch, batches, caplog):
+    """The schedule counts steps within an epoch: fewer than d_steps batches
+    mean G never moves, which a user with a small dataset must be told."""
+    from hashgan_ray.config import TrainConfig
+    from hashgan_ray.train.methods import single_process, trainer_class
+
+    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=4, g_steps=1)
+    trainer = trainer_class("hashgan")(tiny_model(), cfg, wrap=single_process)
+    before = snapshot(trainer.model.attention)
+    with caplog.at_level("WARNING", logger="hashgan_ray.train"):
+        for _ in range(2):                                     # two epochs, one warning
+            for i in range(batches):
+                trainer.step(i, batch)
+            trainer.end_epoch()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if batches < cfg.d_steps:
+        assert moved(before, trainer.model.attention) == set()
+        assert warnings == ["attention (G) got no step this epoch: 3 batches per worker, fewer "
+                            "than d_steps=4; use a smaller --batch-size or --d-steps, or more data"]
+    else:
+        assert moved(before, trainer.model.attention)
+        assert warnings == []
+
+
 def test_ed_step_moves_e_and_d_but_not_attention(batch):
     model = tiny_model()
     opt_ed, _ = build_optimizers(model, 1e-3, 0.5)
