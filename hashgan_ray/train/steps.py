@@ -135,7 +135,7 @@ class HashGANTrainer:
         # Two wrappers: E+D and G are updated in alternation (module docstring).
         self.net = wrap(model.net)
         self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
-        self._epoch_steps = self._epoch_g_steps = 0
+        self._epoch_steps = 0
         self._warned_no_g_step = False
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
@@ -149,20 +149,19 @@ class HashGANTrainer:
         if self.opt_g is not None:
             for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):
                 stats.update(g_step(self.model, self.attention, batch, self.opt_g, cfg.margin))
-                self._epoch_g_steps += 1
         return stats
 
     def end_epoch(self) -> None:
         # The step count restarts every epoch, so an epoch of fewer than d_steps
         # batches (per worker) never trains G: say so rather than train a model
         # whose attention silently stays where it started.
-        if (self.opt_g is not None and self.cfg.g_steps > 0 and self._epoch_steps
-                and not self._epoch_g_steps and not self._warned_no_g_step):
+        if (self.opt_g is not None and self.cfg.g_steps > 0
+                and 0 < self._epoch_steps < self.cfg.d_steps and not self._warned_no_g_step):
             log.warning("attention (G) got no step this epoch: %d batches per worker, fewer than "
                         "d_steps=%d; use a smaller --batch-size or --d-steps, or more data",
                         self._epoch_steps, self.cfg.d_steps)
             self._warned_no_g_step = True
-        self._epoch_steps = self._epoch_g_steps = 0
+        self._epoch_steps = 0
         for s in self.schedulers:
             s.step()
 
