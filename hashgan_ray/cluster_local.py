@@ -22,9 +22,11 @@ there before.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,15 +45,38 @@ STOP_GRACE_S = 5
 TRAIN_WORKER = "RayTrainWorker"                # the actor class of Ray Train's workers
 
 
+PORT_TRIES = 3                                 # starts of one node on fresh ports (see _start)
+# What `ray start` says when a port it was given is taken (by another of its own
+# components, or by someone else between our pick and its bind).
+PORT_CLASH = re.compile(r"port.*(used by other|already in use)|address already in use", re.I)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on 127.0.0.1 now. All are held open until all are
+    picked: closed one by one, the OS may hand the same port out twice (it did,
+    in CI: two Ray components given one port)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(n):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RayStartError(RuntimeError):
+    def __init__(self, message: str, *, port_clash: bool):
+        super().__init__(message)
+        self.port_clash = port_clash
 
 
 class RayNode:
@@ -71,9 +96,9 @@ class RayNode:
                 self.output.seek(0)
                 said = self.output.read().decode(errors="replace")[-3000:]
                 self.stop(signal.SIGKILL)
-                raise RuntimeError(f"`ray start {' '.join(args)}` " + (
+                raise RayStartError(f"`ray start {' '.join(args)}` " + (
                     f"exited with {code}" if code is not None else f"not up in {timeout:.0f} s")
-                    + f"; it said:\n{said}")
+                    + f"; it said:\n{said}", port_clash=bool(PORT_CLASH.search(said)))
             time.sleep(0.3)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_S) -> None:
@@ -139,23 +164,21 @@ class LocalCluster:
         self.env = {**(env or os.environ), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
                     "RAY_AUTH_MODE": "token"}
         ensure_auth_token(self.env)
-        self.gcs_port = free_port()
-        self.address = f"127.0.0.1:{self.gcs_port}"
-        self.dashboard_port = free_port() if dashboard else None
+        self.gcs_port = 0                           # set when the head starts
+        self.dashboard_port = None
         self.nodes: list[RayNode] = []
         self._current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         self._current_before = self._current.read_text() if self._current.exists() else None
         self._connected = False
-        head = ["--head", "--port", str(self.gcs_port), "--include-dashboard", str(dashboard),
-                "--ray-client-server-port", str(free_port())]           # default 10001: shared
-        if dashboard:
-            head += ["--dashboard-port", str(self.dashboard_port), "--dashboard-host", "127.0.0.1"]
         try:
-            self.head = self._start(head, head_cpus, head_resources,
-                                    ready_port=self.dashboard_port or self.gcs_port)
+            self.head = self._start(head_cpus, head_resources, head=True, dashboard=dashboard)
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
 
     @property
     def dashboard_url(self) -> str:
@@ -163,20 +186,42 @@ class LocalCluster:
 
     def add_node(self, num_cpus: int, resources: dict | None = None) -> RayNode:
         """Another raylet joining the head; returns once it listens."""
-        return self._start(["--address", self.address], num_cpus, resources)
+        return self._start(num_cpus, resources)
 
-    def _start(self, role: list[str], num_cpus: int, resources: dict | None, *,
-               ready_port: int | None = None) -> RayNode:
-        manager = free_port()
-        args = [*role, "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
-                "--node-manager-port", str(manager), "--object-manager-port", str(free_port()),
-                "--dashboard-agent-listen-port", str(free_port()),    # default 52365: shared
-                "--metrics-export-port", str(free_port()),
-                "--runtime-env-agent-port", str(free_port()),
-                "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats"]
-        if resources:
-            args += ["--resources", json.dumps(resources)]
-        node = RayNode(args, self.env, ready_port=ready_port or manager, node_manager_port=manager)
+    def _start(self, num_cpus: int, resources: dict | None, *, head: bool = False,
+               dashboard: bool = False) -> RayNode:
+        """Start the head or a node joining it, every port ours (Ray's defaults are
+        shared by everyone on the machine). A port can still be taken between our
+        pick and Ray's bind: on a clash the node starts again on fresh ones."""
+        for attempt in range(1, PORT_TRIES + 1):
+            manager, objects, agent, metrics, runtime_env, gcs, client, dash = free_ports(8)
+            if head:
+                self.gcs_port, self.dashboard_port = gcs, dash if dashboard else None
+                role = ["--head", "--port", str(gcs), "--include-dashboard", str(dashboard),
+                        "--ray-client-server-port", str(client)]
+                if dashboard:
+                    role += ["--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1"]
+            else:
+                role = ["--address", self.address]
+            args = [*role, "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
+                    "--node-manager-port", str(manager), "--object-manager-port", str(objects),
+                    "--dashboard-agent-listen-port", str(agent),
+                    "--metrics-export-port", str(metrics),
+                    "--runtime-env-agent-port", str(runtime_env),
+                    "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats"]
+            if resources:
+                args += ["--resources", json.dumps(resources)]
+            ready_port = (self.dashboard_port or self.gcs_port) if head else manager
+            try:
+                node = RayNode(args, self.env, ready_port=ready_port, node_manager_port=manager)
+                break
+            except RayStartError as error:
+                if head:
+                    self._put_back_current()
+                if not error.port_clash or attempt == PORT_TRIES:
+                    raise
+                log.warning("`ray start` found a port taken (try %d of %d); again on fresh "
+                            "ports", attempt, PORT_TRIES)
         self.nodes.append(node)
         log.info("started a Ray node (%d CPUs, %s) at %s", num_cpus, resources or {}, self.address)
         return node
@@ -231,6 +276,10 @@ class LocalCluster:
         for node in reversed(self.nodes):                # the head last
             node.stop()
         self.nodes.clear()
+        self._put_back_current()
+
+    def _put_back_current(self) -> None:
+        """/tmp/ray/ray_current_cluster as it was before our head wrote to it."""
         if self._current.exists() and self._current.read_text().strip().endswith(
                 f":{self.gcs_port}"):
             if self._current_before is None:

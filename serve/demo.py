@@ -7,20 +7,14 @@ import argparse
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
 
+from hashgan_ray.cluster_local import free_port
 from hashgan_ray.data.format import read_meta, read_pairs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_up(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
