@@ -76,6 +76,8 @@ TRAIN_HELP = {
     "bits": "code length, a multiple of 8", "backbone": "small | resnet18 | vgg19",
     "attention": "both | image | text | none (the paper's Table 4 ablation)",
     "alpha_scale": "attention threshold α as a multiple of 1/(H·W) and 1/d",
+    "ste": "gradient of the attention threshold: identity (the paper's) | saturating "
+           "(only where P is within a factor 2 of α)",
     "margin": "triplet margin ε", "workers": "Ray Train workers (data parallel)",
     "pretrained": "start vgg19/resnet18 from ImageNet weights (local file, never downloaded)",
     "backbone_weights": "file of those weights (default: torchvision's cache)",

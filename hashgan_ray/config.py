@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from hashgan_ray.model.attention import STE
 from hashgan_ray.train.methods import METHODS
 
 BACKBONES = ("small", "resnet18", "vgg19")
@@ -33,6 +34,7 @@ class TrainConfig:
     image_size: int | None = None    # None: the dataset's meta.json image_size
     attention: str = "both"          # Table 4 ablation: both | image | text | none (hashgan only)
     alpha_scale: float = 1.0         # α = alpha_scale/(H·W) (images), alpha_scale/d (text)
+    ste: str = "identity"            # threshold gradient: identity (paper) | saturating (attention.py)
     text_hidden: int = 8192          # BoW -> 8192 -> 1000 (section 3.2)
     text_features: int = 1000
     # objective and optimisation
@@ -64,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.ste not in STE:
+            raise ValueError(f"ste must be one of {STE}, got {self.ste!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
         if not 0 < self.labeled_fraction <= 1:

@@ -75,18 +75,18 @@ class FeatureHashing(nn.Module):
 class HashGAN(nn.Module):
     def __init__(self, *, bits: int, vocab_size: int, backbone: str = "small",
                  image_size: int = 64, text_hidden: int = 8192, text_features: int = 1000,
-                 image_attention: bool = True, text_attention: bool = True,
+                 image_attention: bool = True, text_attention: bool = True, ste: str = "identity",
                  alpha_scale: float = 1.0):
         super().__init__()
         self.args = dict(bits=bits, vocab_size=vocab_size, backbone=backbone,
                          image_size=image_size, text_hidden=text_hidden,
                          text_features=text_features, image_attention=image_attention,
-                         text_attention=text_attention, alpha_scale=alpha_scale)
+                         text_attention=text_attention, ste=ste, alpha_scale=alpha_scale)
         self.net = FeatureHashing(bits=bits, backbone=backbone, image_size=image_size,
                                   vocab_size=vocab_size, text_hidden=text_hidden,
                                   text_features=text_features)
         self.attention = Attention(self.net.channels, text_features, image=image_attention,
-                                   text=text_attention, alpha_scale=alpha_scale)
+                                   text=text_attention, alpha_scale=alpha_scale, ste=ste)
 
     @property
     def bits(self) -> int:

@@ -59,7 +59,7 @@ def build_model(cfg, meta):
     return HashGAN(bits=cfg.bits, vocab_size=meta.vocab_size, backbone=cfg.backbone,
                    image_size=cfg.image_size or meta.image_size, text_hidden=cfg.text_hidden,
                    text_features=cfg.text_features, image_attention=cfg.image_attention,
-                   text_attention=cfg.text_attention, alpha_scale=cfg.alpha_scale)
+                   text_attention=cfg.text_attention, ste=cfg.ste, alpha_scale=cfg.alpha_scale)
 
 
 def single_process(module):
