@@ -29,7 +29,7 @@ def cmd_synth(args) -> None:
     from hashgan_ray.data.convert.common import print_result, progress
     from hashgan_ray.data.synth import SynthConfig, generate
 
-    cfg = SynthConfig(num_labels=args.labels, image_size=args.image_size)
+    cfg = SynthConfig(num_labels=args.labels, image_size=args.image_size, clutter=args.clutter)
     meta = generate(args.out, pairs=args.pairs, seed=args.seed, n_query=args.query,
                     n_train=args.train, cfg=cfg, overwrite=args.overwrite,
                     progress=lambda it: progress(it, args.pairs, "synth"))
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--labels", type=int, default=24, help="number of labels (default 24)")
     synth.add_argument("--query", type=int, default=None, help="query pairs (default 10%%, <= 2000)")
     synth.add_argument("--train", type=int, default=None, help="training pairs (default 50%%, <= 10000)")
+    synth.add_argument("--clutter", action="store_true",
+                       help="the clutter variant: distractors in label hues and pieces of label "
+                            "patterns, decoy label words in the text (README, \"Attention\")")
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=cmd_synth)
 

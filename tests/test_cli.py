@@ -15,6 +15,10 @@ def test_synth_then_info(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "pairs: 50 = query 5 + train 20 + database 25" in text
     assert "retrieval database = train + database = 45" in text
+    assert main(["data", "synth", "--out", str(tmp_path / "clutter"), "--pairs", "30",
+                 "--clutter"]) == 0
+    assert read_meta(tmp_path / "clutter").extra["synth"]["clutter"] is True
+    assert (tmp_path / "clutter" / "oracle.parquet").is_file()
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):

@@ -12,6 +12,29 @@ meant to learn to ignore.
 The "world" (templates, colours, words) is fixed by WORLD_SEED, so datasets
 generated with different seeds share the same meaning; `seed` drives only
 the sampling of pairs and the split.
+
+Every dataset also gets `oracle.parquet` (data/oracle.py): where each label
+pattern lies and which words are label words, for the oracle-mask bound.
+
+The clutter variant (`clutter=True`, `data synth --clutter`), written before
+any measurement on it and not to be tuned after: on the default one colour
+alone separates label patterns (saturated hues) from distractors (near-greys),
+and the noise words never carry a label, so a network can ignore the clutter
+with one colour channel and zero weights for 400 words - attention has
+nothing left to do. In the clutter variant
+
+* every distractor is painted in a label hue (of any label, the pair's own
+  included), half of them other shapes (the distractor templates), half of
+  them pieces of label patterns (one half - top, bottom, left or right - of a
+  label's template, in that label's own hue): neither colour nor a local
+  fragment tells a label, only the whole pattern does;
+* each text also holds one word of each of 1-3 labels the pair does not
+  have (decoys): the same word is evidence in one pair and noise in the
+  next, so the first text layer cannot zero the noise - which words to
+  trust depends on the words around them.
+
+Label patterns are still drawn last (never hidden); counts, sizes, the drop
+rate of label words and the noise words are those of the default.
 """
 from __future__ import annotations
 
@@ -22,10 +45,12 @@ import numpy as np
 
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter
 from hashgan_ray.data.images import encode_png
+from hashgan_ray.data.oracle import write_oracle
 
 log = logging.getLogger(__name__)
 
 WORLD_SEED = 20181008   # ECCV 2018; any constant works, it only has to stay put
+DECOY_LABELS = (1, 3)   # clutter: labels the pair lacks that lend one word to its text
 CONCEPTS = ["animals", "baby", "bird", "car", "clouds", "dog", "female", "flower",
             "food", "indoor", "lake", "male", "night", "people", "plant", "portrait",
             "river", "sea", "sky", "structures", "sunset", "transport", "tree", "water"]
@@ -42,6 +67,7 @@ class SynthConfig:
     word_drop: float = 0.4          # chance each label word is left out of a text
     distractors: tuple = (4, 8)     # distractor patterns per image (min, max)
     distractor_kinds: int = 32      # distinct distractor templates
+    clutter: bool = False           # the clutter variant (module docstring)
 
 
 class World:
@@ -90,19 +116,59 @@ def _hue_to_rgb(hue: float) -> np.ndarray:
 def render_image(world: World, labels: list[int], cfg: SynthConfig,
                  rng: np.random.Generator) -> np.ndarray:
     """(S, S, 3) uint8 canvas with one pattern per label plus distractors."""
+    return render_pair_image(world, labels, cfg, rng)[0]
+
+
+def render_pair_image(world: World, labels: list[int], cfg: SynthConfig,
+                      rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """(canvas, boxes): boxes are y0, x0, y1, x1 of each label pattern, flattened."""
     s, p = cfg.image_size, world.patch
     # Smooth random background + low-amplitude noise: clutter, but no pattern.
     base = rng.integers(0, 90, size=3, dtype=np.uint8)
     ramp = (np.arange(s, dtype=np.uint16)[:, None, None] * rng.integers(0, 60, size=3) // s)
     img = (rng.integers(0, 30, size=(s, s, 3), dtype=np.uint8) + base + ramp.astype(np.uint8))
     n_distract = rng.integers(cfg.distractors[0], cfg.distractors[1] + 1)
+    if cfg.clutter:
+        return _clutter_canvas(img, world, labels, cfg, rng, n_distract)
     kinds = np.concatenate([labels, cfg.num_labels + rng.integers(0, cfg.distractor_kinds, n_distract)])
     corners = rng.integers(0, s - p + 1, size=(len(kinds), 2))
     # Distractors first, label patterns last: clutter never hides a label, though
     # label patterns may overlap each other.
+    boxes: list[int] = []
     for kind, (y, x) in zip(kinds[::-1], corners):
         np.copyto(img[y:y + p, x:x + p], world.colors[kind], where=world.masks[kind])
-    return img
+        if kind < cfg.num_labels:
+            boxes += [int(y), int(x), int(y + p), int(x + p)]
+    return img, boxes
+
+
+def _clutter_canvas(img: np.ndarray, world: World, labels: list[int], cfg: SynthConfig,
+                    rng: np.random.Generator, n_distract: int) -> tuple[np.ndarray, list[int]]:
+    """The clutter variant's distractors (module docstring), then the label patterns."""
+    s, p, half = cfg.image_size, world.patch, world.patch // 2
+    for _ in range(n_distract):
+        hue = rng.integers(0, cfg.num_labels)                   # a label's colour
+        if rng.random() < 0.5:                                  # another shape in that colour
+            shape = world.templates[cfg.num_labels + rng.integers(0, cfg.distractor_kinds)]
+        else:                                                   # half of that label's pattern
+            shape = world.templates[hue].copy()
+            side = rng.integers(0, 4)                           # keep top, bottom, left, right
+            if side == 0:
+                shape[half:] = False
+            elif side == 1:
+                shape[:half] = False
+            elif side == 2:
+                shape[:, half:] = False
+            else:
+                shape[:, :half] = False
+        y, x = rng.integers(0, s - p + 1, size=2)
+        np.copyto(img[y:y + p, x:x + p], world.colors[hue], where=shape[..., None])
+    boxes: list[int] = []
+    for label in labels:
+        y, x = (int(v) for v in rng.integers(0, s - p + 1, size=2))
+        np.copyto(img[y:y + p, x:x + p], world.colors[label], where=world.masks[label])
+        boxes += [y, x, y + p, x + p]
+    return img, boxes
 
 
 def sample_text(world: World, labels: list[int], cfg: SynthConfig,
@@ -112,7 +178,19 @@ def sample_text(world: World, labels: list[int], cfg: SynthConfig,
              if rng.random() >= cfg.word_drop]
     n_noise = rng.integers(cfg.words_per_text[0], cfg.words_per_text[1] + 1)
     noise = world.n_label_words + rng.choice(cfg.noise_words, size=n_noise, replace=False)
+    if cfg.clutter:                  # one word of each of a few labels the pair lacks
+        others = [lab for lab in range(cfg.num_labels) if lab not in labels]
+        n_decoys = rng.integers(DECOY_LABELS[0], DECOY_LABELS[1] + 1)
+        decoys = rng.choice(others, size=min(n_decoys, len(others)), replace=False)
+        noise = np.concatenate([noise, [d * WORDS_PER_LABEL + rng.integers(0, WORDS_PER_LABEL)
+                                        for d in decoys]]).astype(np.int64)
     return sorted(set(words) | set(int(w) for w in noise))
+
+
+def label_words_of(world: World, text: list[int], labels: list[int]) -> list[int]:
+    """The words of `text` that name one of the pair's `labels` (decoys excluded):
+    what the text oracle keeps."""
+    return [w for w in text if w < world.n_label_words and w // WORDS_PER_LABEL in labels]
 
 
 def generate(out, *, pairs: int, seed: int = 0, n_query: int | None = None,
@@ -130,12 +208,20 @@ def generate(out, *, pairs: int, seed: int = 0, n_query: int | None = None,
     world = World(cfg)
     rng = np.random.default_rng(seed)
     ids = range(pairs) if progress is None else progress(range(pairs))
+    boxes, label_words = [], []
     with DatasetWriter(out, world.vocabulary, world.label_names, overwrite=overwrite) as writer:
         for i in ids:
             n_labels = rng.integers(1, 4)
             labels = sorted(int(v) for v in rng.choice(cfg.num_labels, size=n_labels, replace=False))
-            image = encode_png(render_image(world, labels, cfg, rng), level=0)  # noisy pixels do not compress
-            writer.add(i, sample_text(world, labels, cfg, rng), labels, image=image)
-        return writer.finish(name=f"synthetic-{pairs}-s{seed}", source="synthetic",
-                             image_size=cfg.image_size, n_query=n_query, n_train=n_train,
-                             seed=seed, extra={"synth": {"pairs": pairs, **cfg.__dict__}})
+            canvas, pattern_boxes = render_pair_image(world, labels, cfg, rng)
+            image = encode_png(canvas, level=0)              # noisy pixels do not compress
+            text = sample_text(world, labels, cfg, rng)
+            writer.add(i, text, labels, image=image)
+            boxes.append(pattern_boxes)
+            label_words.append(label_words_of(world, text, labels))
+        write_oracle(writer.tmp_dir, range(pairs), boxes, label_words)   # moves in with the rest
+        # The default's meta.json keeps the keys it had before the clutter variant.
+        settings = {k: v for k, v in cfg.__dict__.items() if k != "clutter" or v}
+        return writer.finish(name=f"synthetic{'-clutter' if cfg.clutter else ''}-{pairs}-s{seed}",
+                             source="synthetic", image_size=cfg.image_size, n_query=n_query,
+                             n_train=n_train, seed=seed, extra={"synth": {"pairs": pairs, **settings}})

@@ -54,3 +54,58 @@ def test_label_patterns_are_small_and_present():
     hits = [(y, x) for y in range(cfg.image_size - p + 1) for x in range(cfg.image_size - p + 1)
             if (img[y:y + p, x:x + p][mask] == color).all()]
     assert len(hits) == 1
+
+
+def _content_digest(data_dir) -> str:
+    """sha256 of every pair's id, words, labels, split and PNG bytes, in storage order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for r in read_pairs(data_dir).to_pylist():
+        h.update(repr((r["id"], r["text"], r["labels"], r["split"])).encode())
+        h.update(r["image"])
+    return h.hexdigest()
+
+
+def test_default_output_is_what_it_was_before_the_clutter_variant(tmp_path):
+    # Digest of the same call at commit 6e82128, before the clutter variant and
+    # the oracle file existed: the default dataset must not change under it.
+    meta = generate(tmp_path / "d", pairs=50, seed=3)
+    assert _content_digest(tmp_path / "d") == \
+        "deb40da6f6c9855fc871567e7a5273c50c0e34c3d82251291429fcf73c90f3f2"
+    assert "clutter" not in meta.extra["synth"] and meta.name == "synthetic-50-s3"
+
+
+def test_clutter_variant_is_reproducible_byte_for_byte(tmp_path):
+    import json
+
+    cfg = SynthConfig(clutter=True)
+    for name in ("a", "b"):
+        generate(tmp_path / name, pairs=80, seed=4, cfg=cfg)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.parquet"))
+    assert {str(f) for f in files} == {"oracle.parquet", "pairs/part-00000.parquet"}
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    metas = [json.loads((tmp_path / n / "meta.json").read_text()) for n in "ab"]
+    for m in metas:
+        m["extra"].pop("created_at")
+    assert metas[0] == metas[1] and metas[0]["extra"]["synth"]["clutter"] is True
+    assert metas[0]["name"] == "synthetic-clutter-80-s4"
+    generate(tmp_path / "default", pairs=80, seed=4)
+    assert _content_digest(tmp_path / "a") != _content_digest(tmp_path / "default")
+
+
+def test_clutter_distractors_share_label_hues_and_texts_hold_decoys(tmp_path):
+    cfg = SynthConfig(clutter=True)
+    world = World(cfg)
+    # No label at all: every painted pixel that is a label hue belongs to a distractor.
+    img = render_image(world, [], SynthConfig(clutter=True, distractors=(6, 6)),
+                       np.random.default_rng(1))
+    label_hues = {tuple(c) for c in world.colors[:cfg.num_labels]}
+    assert sum(tuple(px) in label_hues for px in img.reshape(-1, 3)) > 6 * 4
+    # Decoys: label words of labels the pair lacks, 1-3 labels' worth per text.
+    generate(tmp_path / "c", pairs=60, seed=2, cfg=cfg)
+    for r in read_pairs(tmp_path / "c").to_pylist():
+        foreign = {w // WORDS_PER_LABEL for w in r["text"]
+                   if w < world.n_label_words and w // WORDS_PER_LABEL not in r["labels"]}
+        assert 1 <= len(foreign) <= 3
