@@ -7,10 +7,11 @@ DEMO := demo-out
 
 .PHONY: demo test venv clean report
 
-$(STAMP): pyproject.toml
+# constraints.txt: the exact versions tested (pyproject.toml has the ranges).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
