@@ -74,7 +74,8 @@ def describe(data_dir, meta) -> str:
 TRAIN_HELP = {
     "data": "dataset directory", "out": "run directory (checkpoints, model/ export)",
     "bits": "code length, a multiple of 8", "backbone": "small | resnet18 | vgg19",
-    "attention": "both | image | text | none (the paper's Table 4 ablation)",
+    "attention": "both | image | text | none (the paper's Table 4 ablation) | oracle (the "
+                 "synthetic data's true masks in place of G)",
     "alpha_scale": "attention threshold α as a multiple of 1/(H·W) and 1/d",
     "ste": "gradient of the attention threshold: identity (the paper's) | saturating "
            "(only where P is within a factor 2 of α)",

@@ -14,6 +14,7 @@ from hashgan_ray.train.methods import METHODS
 
 BACKBONES = ("small", "resnet18", "vgg19")
 ATTENTION = ("both", "image", "text", "none")
+ORACLE = "oracle"        # attention setting: the synthetic data's true masks fixed in place of G
 PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")   # Ray placement group strategies
 
 
@@ -32,7 +33,8 @@ class TrainConfig:
     pretrained: bool = False         # ImageNet weights for vgg19/resnet18 (paper: pretrained VGG19)
     backbone_weights: str | None = None   # their local file; None: torchvision's cache
     image_size: int | None = None    # None: the dataset's meta.json image_size
-    attention: str = "both"          # Table 4 ablation: both | image | text | none (hashgan only)
+    attention: str = "both"          # Table 4 ablation: both | image | text | none (hashgan only);
+                                     # oracle: true masks, no G (synthetic data, data/oracle.py)
     alpha_scale: float = 1.0         # α = alpha_scale/(H·W) (images), alpha_scale/d (text)
     ste: str = "identity"            # threshold gradient: identity (paper) | saturating (attention.py)
     text_hidden: int = 8192          # BoW -> 8192 -> 1000 (section 3.2)
@@ -64,8 +66,11 @@ class TrainConfig:
             raise ValueError(f"bits must be a positive multiple of 8, got {self.bits}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.attention not in (*ATTENTION, ORACLE):
+            raise ValueError(f"attention must be one of {(*ATTENTION, ORACLE)}, "
+                             f"got {self.attention!r}")
+        if self.attention == ORACLE and self.method != "hashgan":
+            raise ValueError("attention 'oracle' applies to method 'hashgan' only")
         if self.ste not in STE:
             raise ValueError(f"ste must be one of {STE}, got {self.ste!r}")
         if self.method not in METHODS:

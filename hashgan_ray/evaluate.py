@@ -41,19 +41,25 @@ def sample_ids(data_dir, split: str, size: int | None, seed: int) -> np.ndarray 
 
 @torch.no_grad()
 def encode_arrays(model: HashGAN, image: np.ndarray, text: np.ndarray,
-                  device="cpu") -> tuple[np.ndarray, np.ndarray]:
+                  device="cpu", *, oracle=None, ids: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Decoded images uint8 (n, 3, S, S) and word counts (n, V) -> packed image
     and text codes, each uint8 (n, bits/8), from the attended features only.
-    The one encoding step of evaluation, the index build and the benchmarks."""
-    image_codes = pack_codes(model.encode_image(torch.as_tensor(image, device=device)))
-    text_codes = pack_codes(model.encode_text(torch.as_tensor(text, device=device)))
-    return image_codes, text_codes
+    The one encoding step of evaluation, the index build and the benchmarks.
+    `oracle` (data/oracle.py, with the pairs' `ids`): attended by the true masks,
+    as the oracle setting trains."""
+    image, text = torch.as_tensor(image, device=device), torch.as_tensor(text, device=device)
+    if oracle is not None:
+        codes = model.net(image, text, *oracle.forward_masks(torch.as_tensor(ids), text))
+        return pack_codes(codes["img"]), pack_codes(codes["txt"])
+    return pack_codes(model.encode_image(image)), pack_codes(model.encode_text(text))
 
 
 @torch.no_grad()
 def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_size: int = 256,
-                 only_ids: np.ndarray | None = None) -> Encoded:
-    """Codes of every pair of `split` (or of `only_ids` in it), attended features only."""
+                 only_ids: np.ndarray | None = None, oracle=None) -> Encoded:
+    """Codes of every pair of `split` (or of `only_ids` in it), attended features
+    only (by the true masks with an `oracle`, see encode_arrays)."""
     spec = BatchSpec.from_meta(read_meta(data_dir), model.args["image_size"])
     wanted = pa.array(only_ids) if only_ids is not None else None
     model.eval()
@@ -64,11 +70,39 @@ def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_si
             if not rb.num_rows:
                 continue
         batch = decode_batch(rb.to_pydict(), spec)
-        parts.append((batch["id"], *encode_arrays(model, batch["image"], batch["text"], device),
+        parts.append((batch["id"], *encode_arrays(model, batch["image"], batch["text"], device,
+                                                  oracle=oracle, ids=batch["id"]),
                       batch["labels"]))
     if not parts:
         raise ValueError(f"{data_dir}: split {split!r} has no rows to encode")
     return Encoded(*(np.concatenate(cols) for cols in zip(*parts)))
+
+
+@torch.no_grad()
+def attended_share(model: HashGAN, data_dir, split: str = "query", *, oracle=None,
+                   device="cpu", batch_size: int = 256) -> dict[str, float]:
+    """Mean share of attended image positions and of attended text features
+    over `split` (1.0 for a modality without attention). With an `oracle`: its
+    image masks, and for text the share of the words that are label words."""
+    spec = BatchSpec.from_meta(read_meta(data_dir), model.args["image_size"])
+    model.eval()
+    image_sum = text_sum = 0.0
+    n = 0
+    for rb in iter_pairs(data_dir, split, columns=spec.columns, batch_size=batch_size):
+        batch = decode_batch(rb.to_pydict(), spec)
+        maps = model.net.image_maps(torch.as_tensor(batch["image"], device=device))
+        text = torch.as_tensor(batch["text"], device=device)
+        if oracle is not None:
+            ids = torch.as_tensor(batch["id"])
+            z_img = oracle.image_masks_like(ids, maps)
+            z_txt = ((oracle.word_masks_like(ids, text) * text).sum(1)
+                     / text.sum(1).clamp_min(1))[:, None]
+        else:
+            z_img, z_txt = model.attention(maps, model.net.text_feats(text))
+        image_sum += float(z_img.float().mean(dim=(1, 2, 3)).sum())
+        text_sum += float(z_txt.float().mean(dim=1).sum())
+        n += len(batch["id"])
+    return {"attended_image": image_sum / n, "attended_text": text_sum / n}
 
 
 def retrieval_map(query: Encoded, database: Encoded, top_k: int | None = None) -> dict[str, float]:

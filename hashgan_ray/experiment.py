@@ -32,12 +32,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 
-from hashgan_ray.config import ATTENTION, TrainConfig
+try:
+    import ray
+except ImportError:      # run_cell with its own `fit` works without Ray (benchmarks/attention_study.py)
+    ray = None
+
+from hashgan_ray.config import ATTENTION, ORACLE, TrainConfig
 from hashgan_ray.data.format import read_meta
-from hashgan_ray.evaluate import encode_split, plot_attention_masks, pr_curves, retrieval_map
+from hashgan_ray.data.oracle import Oracle
+from hashgan_ray.evaluate import (attended_share, encode_split, plot_attention_masks, pr_curves,
+                                  retrieval_map)
 from hashgan_ray.model.checkpoint import WEIGHTS, load_model
 from hashgan_ray.train.methods import METHODS, trainer_class
 
@@ -127,12 +133,15 @@ def _json_curve(values: np.ndarray) -> list:
     return [None if np.isnan(v) else float(v) for v in values]      # NaN: undefined (metrics.pr_curve)
 
 
-def evaluate_cell(model, data, *, with_pr: bool, masks_path: Path | None) -> dict:
-    """Whole-database MAP both ways, top-500 MAP, PR curves and the mask figure."""
-    query = encode_split(model, data, "query")
-    database = encode_split(model, data, "database")
+def evaluate_cell(model, data, *, with_pr: bool, masks_path: Path | None, oracle=None) -> dict:
+    """Whole-database MAP both ways, top-500 MAP, PR curves, the mask figure, and
+    the attended share of image positions and text features over the queries.
+    `oracle`: the attention setting 'oracle' encodes with the true masks."""
+    query = encode_split(model, data, "query", oracle=oracle)
+    database = encode_split(model, data, "database", oracle=oracle)
     top = retrieval_map(query, database, top_k=TOP_K)
     result = {**retrieval_map(query, database), **{f"top{TOP_K}_{k}": v for k, v in top.items()},
+              **attended_share(model, data, "query", oracle=oracle),
               "n_query": len(query.ids), "n_database": len(database.ids), "pr": None}
     if with_pr:
         result["pr"] = {name: {"precision": _json_curve(c["precision"]),
@@ -143,19 +152,22 @@ def evaluate_cell(model, data, *, with_pr: bool, masks_path: Path | None) -> dic
     return result
 
 
-def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool) -> dict:
-    """Train (unless its model is exported already), evaluate, write result.json."""
+def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, fit=None) -> dict:
+    """Train (unless its model is exported already), evaluate, write result.json.
+    `fit(cfg)` trains and exports RUN_DIR/model; default: Ray Train (train/loop.py)."""
     directory = Path(cfg.out).parent
     started = time.perf_counter()
     if not (Path(cfg.out) / "model" / WEIGHTS).is_file():
-        from hashgan_ray.train.loop import fit
+        if fit is None:
+            from hashgan_ray.train.loop import fit
         fit(cfg)
     trained = time.perf_counter()
     torch.set_num_threads(max(1, int(cfg.workers * cfg.cpus_per_worker)))   # the workers' CPUs, now free
     model, _ = load_model(Path(cfg.out) / "model")
     result = {"cell": asdict(cell), "config": cfg.to_dict(),
               **evaluate_cell(model, cfg.data, with_pr=with_pr,
-                              masks_path=directory / MASKS if with_masks else None),
+                              masks_path=directory / MASKS if with_masks else None,
+                              oracle=Oracle(cfg.data) if cfg.attention == ORACLE else None),
               "masks": MASKS if with_masks else None,
               "train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
     tmp = directory / f".{RESULT}.tmp"
@@ -164,11 +176,13 @@ def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool) -
     return result
 
 
-@ray.remote(num_cpus=0, max_retries=0)
 def _cell_task(cell: Cell, cfg: dict, with_pr: bool, with_masks: bool) -> dict:
-    # No CPUs of its own: its Ray Train workers reserve theirs.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_cell(cell, TrainConfig.from_dict(cfg), with_pr=with_pr, with_masks=with_masks)
+
+
+if ray is not None:     # no CPUs of its own: its Ray Train workers reserve theirs
+    _cell_task = ray.remote(num_cpus=0, max_retries=0)(_cell_task)
 
 
 def finished_result(cell: Cell, cfg: TrainConfig, out) -> dict | None:

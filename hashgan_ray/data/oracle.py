@@ -94,11 +94,26 @@ class Oracle:
             out[n, self._words[r]] = 1.0
         return out
 
-    def torch_masks(self, ids, grid: tuple[int, int], like):
-        """(image masks (n, 1, H, W), word masks (n, V)) as tensors on `like`'s
-        device and dtype; `ids` a tensor or array of pair ids."""
+    def image_masks_like(self, ids, maps):
+        """`image_masks` for a batch: `ids` a tensor of pair ids, `maps` the
+        batch's (N, C, H, W) feature maps; a tensor on their device and dtype."""
         import torch
 
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        return (torch.as_tensor(self.image_masks(ids, *grid), device=like.device, dtype=like.dtype),
-                torch.as_tensor(self.word_masks(ids), device=like.device, dtype=like.dtype))
+        masks = self.image_masks(ids.tolist(), *maps.shape[-2:])
+        return torch.as_tensor(masks, device=maps.device, dtype=maps.dtype)
+
+    def word_masks_like(self, ids, text):
+        """`word_masks` for a batch: a tensor on the bag of words' device and dtype."""
+        import torch
+
+        return torch.as_tensor(self.word_masks(ids.tolist()), device=text.device, dtype=text.dtype)
+
+    def forward_masks(self, ids, text):
+        """(masks, word_mask) for FeatureHashing.forward on a batch of pair ids
+        (a tensor) and its bag of words: the true image masks in place of G's
+        (the text mask all ones: the word mask does the text's split)."""
+        import torch
+
+        def masks(maps, feats):
+            return self.image_masks_like(ids, maps), torch.ones_like(feats)
+        return masks, self.word_masks_like(ids, text)

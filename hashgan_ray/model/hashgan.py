@@ -58,17 +58,25 @@ class FeatureHashing(nn.Module):
     def hash_text(self, feats: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.text_code(feats))                      # (N, bits)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, masks) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, text: torch.Tensor, masks,
+                word_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Codes of the attended and unattended features. `masks(maps, feats)`
         returns the two attention masks; the caller decides whether G is
-        differentiated through (see train/loop.py)."""
+        differentiated through (see train/loop.py). `word_mask` (N, V), the
+        text oracle (data/oracle.py): attended text features come from the
+        masked words, unattended ones from the rest, and the text mask is unused."""
         maps, feats = self.image_maps(image), self.text_feats(text)
         z_img, z_txt = masks(maps, feats)
+        if word_mask is None:
+            attended, unattended = z_txt * feats, (1 - z_txt) * feats
+        else:
+            attended = self.text_feats(word_mask * text)
+            unattended = self.text_feats((1 - word_mask) * text)
         return {
             "img": self.hash_image(z_img * maps),            # H^I   (attended)
             "img_un": self.hash_image((1 - z_img) * maps),   # Ĥ^I   (unattended)
-            "txt": self.hash_text(z_txt * feats),            # H^T
-            "txt_un": self.hash_text((1 - z_txt) * feats),   # Ĥ^T
+            "txt": self.hash_text(attended),                 # H^T
+            "txt_un": self.hash_text(unattended),            # Ĥ^T
         }
 
 

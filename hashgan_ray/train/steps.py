@@ -24,6 +24,8 @@ import logging
 import torch
 from torch import nn
 
+from hashgan_ray.config import ORACLE
+from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.losses import hashgan_losses, label_similarity, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
 
@@ -49,18 +51,21 @@ def autocast(device: torch.device):
 
 
 def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-            margin: float) -> dict[str, float]:
-    """min over E, D of the full objective (eq. 8). `net` is model.net or its DDP wrapper."""
+            margin: float, oracle=None) -> dict[str, float]:
+    """min over E, D of the full objective (eq. 8). `net` is model.net or its DDP wrapper.
+    `oracle` (data/oracle.py): the batch's true masks in place of G's."""
     def fixed_masks(maps, feats):
         with torch.no_grad():
             return model.attention(maps, feats)
 
+    masks, word_mask = (fixed_masks, None) if oracle is None else \
+        oracle.forward_masks(batch["id"], batch["text"])
     with autocast(batch["image"].device):
-        codes = net(batch["image"], batch["text"], fixed_masks)
+        codes = net(batch["image"], batch["text"], masks, word_mask)
     sim = label_similarity(batch["labels"], batch["labels"])
     losses = hashgan_losses(codes, sim, margin,
-                            image_attention=model.args["image_attention"],
-                            text_attention=model.args["text_attention"])
+                            image_attention=model.args["image_attention"] or oracle is not None,
+                            text_attention=model.args["text_attention"] or oracle is not None)
     optimizer.zero_grad(set_to_none=True)
     losses["full"].backward()
     optimizer.step()
@@ -137,6 +142,7 @@ class HashGANTrainer:
         self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
         self._epoch_steps = 0
         self._warned_no_g_step = False
+        self.oracle = Oracle(cfg.data) if cfg.attention == ORACLE else None   # no G then
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
         # Every batch gets an E/D step and every d_steps-th batch is then used
@@ -144,7 +150,7 @@ class HashGANTrainer:
         # an epoch is the same number of E/D updates with or without attention,
         # so the Table 4 ablation compares attention, not training length.
         cfg = self.cfg
-        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin)
+        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin, oracle=self.oracle)
         self._epoch_steps += 1
         if self.opt_g is not None:
             for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):

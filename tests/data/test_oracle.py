@@ -48,8 +48,9 @@ def test_oracle_masks_at_the_feature_map_resolution(tmp_path):
     words = oracle.word_masks([first])
     assert words.shape == (1, read_meta(tmp_path / "d").vocab_size)
     assert words[0].nonzero()[0].tolist() == [3, 5]
-    img, txt = oracle.torch_masks(torch.tensor([first]), (8, 8), torch.zeros(1, dtype=torch.float32))
-    assert torch.equal(img[0, 0], torch.as_tensor(expected, dtype=torch.float32))
+    img = oracle.image_masks_like(torch.tensor([first]), torch.zeros(1, 16, 8, 8, dtype=torch.float64))
+    assert img.dtype == torch.float64 and torch.equal(img[0, 0], torch.as_tensor(expected))
+    txt = oracle.word_masks_like(torch.tensor([first]), torch.zeros(1, words.shape[1]))
     assert txt[0].nonzero().flatten().tolist() == [3, 5]
     with pytest.raises(DataError, match="no oracle for pair id 99999"):
         oracle.word_masks([99999])
