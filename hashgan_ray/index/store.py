@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hashgan_ray.data.format import move_into_place, temp_dir_for
+from hashgan_ray.index.gpu import exact_index, flat_index
 
 log = logging.getLogger(__name__)
 
@@ -274,15 +275,18 @@ def write_shard(index_dir: Path, shard: int, kind: str, codes: Codes) -> dict:
 
 
 class Shard:
-    """One shard's image and text indexes, loaded for search."""
+    """One shard's image and text indexes, loaded for search. An exact (`flat`)
+    shard searches on a GPU when `choose_gpu(gpu)` says so (index/gpu.py: None
+    is a visible GPU with GPU FAISS; a Serve replica says whether it was given
+    one), with the CPU's results."""
 
-    def __init__(self, index_dir, shard: int, manifest: dict):
+    def __init__(self, index_dir, shard: int, manifest: dict, *, gpu: bool | None = None):
         self.params = manifest["params"]
         self.indexes = {}
         for target in TARGETS:
             index = faiss.read_index_binary(str(Path(index_dir) / shard_file(shard, target)))
             _apply_params(index, self.params)
-            self.indexes[target] = index
+            self.indexes[target] = exact_index(index, gpu) if manifest["kind"] == "flat" else index
         self.size = self.indexes["image"].ntotal
 
     def search(self, queries: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,12 +295,12 @@ class Shard:
 
 
 def open_shard(index_dir, shard: int, *, bits: int | None = None,
-               checkpoint_fingerprint: str | None = None) -> Shard:
+               checkpoint_fingerprint: str | None = None, gpu: bool | None = None) -> Shard:
     manifest = read_manifest(index_dir)
     check_manifest(manifest, index_dir, bits=bits, checkpoint_fingerprint=checkpoint_fingerprint)
     if not 0 <= shard < len(manifest["shards"]):
         raise ValueError(f"{index_dir}: no shard {shard} (it has {len(manifest['shards'])})")
-    return Shard(index_dir, shard, manifest)
+    return Shard(index_dir, shard, manifest, gpu=gpu)
 
 
 class HashIndex:
@@ -432,8 +436,7 @@ def recall_at_k(index_dir, k: int = 10, queries: int = 200, seed: int = 0) -> di
     out = {}
     for target, source in (("image", "text"), ("text", "image")):
         q = codes.of(source)[pick]
-        exact = faiss.IndexBinaryFlat(codes.image.shape[1] * 8)
-        exact.add(codes.of(target))
+        exact = exact_index(flat_index(codes.of(target)))          # on a GPU if there is one
         kth = exact.search(q, k)[0][:, -1:]                          # (nq, 1)
         D, I = index.search(q, target, k)
         out[target] = float(((D <= kth) & (I >= 0)).sum() / (len(q) * k))
