@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -338,6 +339,8 @@ def _add_encode_arguments(parser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashgan-ray", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('hashgan-ray')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="make, convert and inspect datasets")
@@ -371,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("--workers-per-trial", dest="workers", type=int, default=None,
                           help="Ray Train workers per trial (the same as --workers)")
     tune_cmd.add_argument("--space", default=None,
-                          help="search-space YAML (default: the repository's tune/space.yaml)")
+                          help="search-space YAML (default: the package's tune_space.yaml, "
+                               "tune/space.yaml in a checkout)")
     tune_cmd.add_argument("--max-concurrent", type=int, default=None,
                           help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
     tune_cmd.set_defaults(func=cmd_tune)
