@@ -63,14 +63,17 @@ def serve_qps(cluster, model_dir: Path, index: Path, shard_resources, bodies_fil
     from serve_bench import run_load
 
     from hashgan_ray.cluster_local import free_port
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.serving.app import application
 
     port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"enable_access_log": False, "log_level": "WARNING"})
     try:
-        serve.run(build_app({"checkpoint": str(model_dir), "index": str(index),
-                             "encoder_cpus": 0.5, "shard_resources": shard_resources}),
+        # what serve/config.yaml's `deployments:` says for a split layout on two nodes
+        options = {"QueryEncoder": {"ray_actor_options": {"num_cpus": 0.5}},
+                   **{f"IndexShard{s}": {"ray_actor_options": {"num_cpus": 0.25, "resources": r}}
+                      for s, r in enumerate(shard_resources)}}
+        serve.run(application(model_dir, index, layout="split", options=options),
                   name="hashgan", route_prefix="/")
         names = {cluster.node_id(n): name for n, name in zip(cluster.nodes, ("head", "second"))}
         shards = [names[n] for s in range(len(shard_resources)) for n in

@@ -301,10 +301,13 @@ def cmd_serve(args) -> None:
     import ray
     from ray import serve
 
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.serving.app import application, read_token, resolve_layout
 
-    app = build_app({"checkpoint": args.checkpoint, "index": args.index,
-                     "encoder_replicas": args.encoder_replicas})    # refuses a mismatch first
+    # refuses a mismatch first; the replicas are those of what runs the model
+    layout = resolve_layout(args.index, args.layout or "auto")
+    app = application(args.checkpoint, args.index, layout=layout, token=read_token(None),
+                      options={"SearchAPI" if layout == "ingress" else "QueryEncoder":
+                               {"num_replicas": args.encoder_replicas}})
     connect_ray(args.address, args.num_cpus)
     # Our handlers, set after Ray's: Ctrl-C and SIGTERM (also in a background job,
     # where the shell ignores SIGINT) end the wait below, even during start-up.
@@ -427,7 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it)")
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--encoder-replicas", type=int, default=1)
+    srv.add_argument("--encoder-replicas", type=int, default=1,
+                     help="replicas of the model: of the ingress (layout ingress) or the encoder")
+    srv.add_argument("--layout", choices=["ingress", "split"], default=None,
+                     help="ingress: model and index in the HTTP replica (default for one shard); "
+                          "split: encoder and shard deployments (default for several shards)")
     srv.add_argument("--request-timeout", type=float, default=30.0,
                      help="Serve's end-to-end limit per request, seconds (default 30)")
     srv.add_argument("--address", default=None,

@@ -25,7 +25,8 @@ def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):
 
 def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
     """An exact index of `data_dir`'s database codes, written in-process without
-    Ray Data (tests/index covers the Ray Data job) -> out."""
+    Ray Data (tests/index covers the Ray Data job) -> out. Its manifest names the
+    dataset, so the service shows the items."""
     from hashgan_ray.evaluate import encode_split
     from hashgan_ray.index import store
     from hashgan_ray.model.checkpoint import fingerprint, load_model
@@ -36,7 +37,8 @@ def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
                       bits=model.bits, kind="flat", shards=shards, manifest_fields={
                           "checkpoint": {"path": str(model_dir),
                                          "fingerprint": fingerprint(model_dir)},
-                          "datasets": [], "dataset_fingerprint": ""})
+                          "datasets": [{"path": str(data_dir), "split": "database"}],
+                          "dataset_fingerprint": ""})
     return out
 
 

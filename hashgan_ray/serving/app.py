@@ -1,15 +1,25 @@
-"""The Ray Serve application: SearchAPI (FastAPI ingress) -> QueryEncoder -> IndexShard x S.
+"""The Ray Serve application: the search API, its items and the search page.
 
-    serve run serve/config.yaml                        # or
+    serve run serve/config.yaml                   # imports hashgan_ray.serving.app:build_app
     hashgan-ray serve --checkpoint RUN/model --index INDEX_DIR [--host 127.0.0.1] [--port 8000]
+
+Two layouts (`layout` in the app args):
+  * ingress: `SearchAPI` holds the model and the whole index and answers a
+    query in its own process (one hop: proxy -> ingress). The default for a
+    one-shard index.
+  * split: `SearchAPI` -> `QueryEncoder` -> `IndexShard` x S, one deployment
+    per shard, answers merged by distance (hashgan_ray.index.store.merge). The
+    default for a sharded index, and the layout for GPU encoders (give
+    QueryEncoder `num_gpus` in the config's `deployments:`).
+Replicas, CPUs, GPUs and custom resources of each deployment come from Serve's
+own `deployments:` section of serve/config.yaml (or `options` of
+`application` in Python); torch and FAISS use as many threads as the replica
+has CPUs.
 
 The ingress validates each request (hashgan_ray.serving.query) and queues it
 for `_search`, one batch at a time (see MAX_BATCH): one batch of concurrent
-queries makes one call to the encoder per modality and one call per shard and
-target, so the encoder and FAISS see matrices rather than single queries. The
-encoder batches again across ingress replicas (`@serve.batch`). Shards hold
-contiguous ranges of the database and their answers are merged by distance
-(hashgan_ray.index.store.merge).
+queries makes one encoder call per modality and one search per shard and
+target, so the encoder and FAISS see matrices rather than single queries.
 """
 
 import asyncio
@@ -17,24 +27,30 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from hashgan_ray.index.store import TARGETS, merge, open_shard, read_manifest, check_manifest
-from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, load_image,
-                                       parse_query, search_options)
+from hashgan_ray.serving.items import ItemNotFound, ItemStore, thumbnail
+from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, item_id,
+                                       load_image, parse_query, search_options, thumbnail_size)
 
 log = logging.getLogger("ray.serve")
 TOKEN_ENV = "HASHGAN_API_TOKEN"
+LAYOUTS = ("auto", "ingress", "split")
+APP_ARGS = {"checkpoint", "index", "layout", "limits", "token_file"}
 # Serve queues what exceeds a replica's max_ongoing_requests in the proxy, where
 # it cannot be batched: let the ingress hold many, it only awaits.
 INGRESS_ONGOING, BACKEND_ONGOING = 256, 64
@@ -44,6 +60,12 @@ INGRESS_ONGOING, BACKEND_ONGOING = 256, 64
 # batch after a fixed wait and queues it behind the running one: short waits
 # made batches of 1-2 at 8 connections, long ones delayed every query.)
 MAX_BATCH = 64
+THUMBNAILS_CACHED = 1024        # (id, size) -> JPEG bytes kept per ingress replica
+PAGE_FILES = {"index.html": "text/html; charset=utf-8", "search.js": "text/javascript",
+              "search.css": "text/css"}
+# The page's own files only; no inline script, nothing from elsewhere.
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 
 api = FastAPI(title="hashgan-ray search", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -58,49 +80,152 @@ async def _http_error(request, exc: HTTPException):   # unknown path, wrong meth
     return error(exc.status_code, str(exc.detail))
 
 
-@serve.deployment(max_ongoing_requests=BACKEND_ONGOING)
-class QueryEncoder:
-    """The model, batching concurrent queries: each call brings a list of
-    queries (one ingress batch) and `@serve.batch` merges calls."""
+def replica_threads() -> int:
+    """The CPUs Ray gave this replica (at least one): its torch and FAISS threads."""
+    import ray
 
-    def __init__(self, checkpoint: str, threads: int = 1):
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+class Encoder:
+    """The model on this process: word-id lists or uint8 images -> packed codes."""
+
+    def __init__(self, checkpoint: str, threads: int, device: str = "cpu"):
         import torch
 
         from hashgan_ray.model.checkpoint import load_model
         from hashgan_ray.model.hashgan import WordListEncoder, pack_codes
 
         torch.set_num_threads(threads)
-        self.torch, self.pack = torch, pack_codes
-        self.model, _ = load_model(checkpoint)
+        self.torch, self.pack, self.device = torch, pack_codes, device
+        self.model, _ = load_model(checkpoint, device)
         self.encode_words = WordListEncoder(self.model)
+
+    def text(self, words: list[list[int]]) -> np.ndarray:
+        return self.pack(self.encode_words(words))                       # (n, bits/8)
+
+    def image(self, images: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():                                       # (n, 3, S, S) uint8
+            return self.pack(self.model.encode_image(
+                self.torch.as_tensor(images).to(self.device)))           # (n, bits/8)
+
+
+def by_modality(queries: list[Query]) -> tuple[list[int], list[int]]:
+    """Rows of the text queries and of the image queries."""
+    return ([i for i, q in enumerate(queries) if q.modality == "text"],
+            [i for i, q in enumerate(queries) if q.modality == "image"])
+
+
+def by_target(queries: list[Query]):
+    """(target, rows, k) for each target some query asks for; k = the largest."""
+    for target in TARGETS:
+        rows = [i for i, q in enumerate(queries) if q.target == target]
+        if rows:
+            yield target, rows, max(queries[i].k for i in rows)
+
+
+class LocalSearch:
+    """Layout `ingress`: the encoder and every shard in the ingress replica."""
+
+    def __init__(self, checkpoint: str, index: str, bits: int, checkpoint_fingerprint: str):
+        import faiss
+
+        from hashgan_ray.index.store import HashIndex
+
+        threads = replica_threads()
+        faiss.omp_set_num_threads(threads)
+        self.encoder = Encoder(checkpoint, threads)
+        self.index = HashIndex(index, bits=bits, checkpoint_fingerprint=checkpoint_fingerprint)
+
+    def encode(self, queries: list[Query]) -> np.ndarray:
+        """Packed codes (n, bits/8) of the queries, one encoder call per modality."""
+        texts, images = by_modality(queries)
+        codes = np.empty((len(queries), self.encoder.model.bits // 8), np.uint8)
+        if texts:
+            codes[texts] = self.encoder.text([queries[i].words for i in texts])
+        if images:
+            codes[images] = self.encoder.image(np.stack([queries[i].image for i in images]))
+        return codes
+
+    def __call__(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+        codes = self.encode(queries)
+        found: list = [None] * len(queries)
+        for target, rows, k in by_target(queries):
+            D, I = self.index.search(codes[rows], target, k)
+            for j, i in enumerate(rows):
+                found[i] = (D[j], I[j])
+        return found
+
+
+@serve.deployment(max_ongoing_requests=BACKEND_ONGOING, ray_actor_options={"num_cpus": 1})
+class QueryEncoder:
+    """Layout `split`: the model, batching concurrent calls (`@serve.batch`);
+    each call brings the queries of one ingress batch. On a GPU when given one."""
+
+    def __init__(self, checkpoint: str):
+        import ray
+
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+        self.encoder = Encoder(checkpoint, replica_threads(), "cuda" if gpus else "cpu")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def encode_text(self, groups: list[list[list[int]]]) -> list[np.ndarray]:
-        codes = self.pack(self.encode_words([w for g in groups for w in g]))  # (n, bits/8)
+        codes = self.encoder.text([w for g in groups for w in g])       # (n, bits/8)
         return np.split(codes, np.cumsum([len(g) for g in groups])[:-1])
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def encode_image(self, groups: list[np.ndarray]) -> list[np.ndarray]:
-        with self.torch.no_grad():
-            codes = self.pack(self.model.encode_image(
-                self.torch.as_tensor(np.concatenate(groups))))               # (n, bits/8)
+        codes = self.encoder.image(np.concatenate(groups))              # (n, bits/8)
         return np.split(codes, np.cumsum([len(g) for g in groups])[:-1])
 
 
-@serve.deployment(max_ongoing_requests=BACKEND_ONGOING)
+@serve.deployment(max_ongoing_requests=BACKEND_ONGOING, ray_actor_options={"num_cpus": 0.25})
 class IndexShard:
-    """One shard's FAISS indexes; refuses to start on an index of another model."""
+    """Layout `split`: one shard's FAISS indexes; refuses an index of another model."""
 
-    def __init__(self, index_dir: str, shard: int, bits: int, checkpoint_fingerprint: str,
-                 threads: int = 1):
+    def __init__(self, index_dir: str, shard: int, bits: int, checkpoint_fingerprint: str):
         import faiss
+        import ray
 
-        faiss.omp_set_num_threads(threads)
-        self.shard = open_shard(index_dir, shard, bits=bits,
-                                checkpoint_fingerprint=checkpoint_fingerprint)
+        faiss.omp_set_num_threads(replica_threads())
+        self.shard = open_shard(index_dir, shard, bits=bits, checkpoint_fingerprint=checkpoint_fingerprint,
+                                gpu=bool(ray.get_gpu_ids()))      # on a GPU when given one (index/gpu.py)
 
     def search(self, codes: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.shard.search(codes, target, k)
+
+
+class RemoteSearch:
+    """Layout `split`: the encoder and shard deployments, through their handles."""
+
+    def __init__(self, encoder, shards: list, bits: int):
+        self.encoder, self.shards, self.bits = encoder, shards, bits
+
+    async def encode(self, queries: list[Query]) -> np.ndarray:
+        """Packed codes (n, bits/8) of the queries, one encoder call per modality."""
+        texts, images = by_modality(queries)
+        calls, rows = [], []
+        if texts:
+            calls.append(self.encoder.encode_text.remote([queries[i].words for i in texts]))
+            rows.append(texts)
+        if images:
+            calls.append(self.encoder.encode_image.remote(
+                np.stack([queries[i].image for i in images])))
+            rows.append(images)
+        codes = np.empty((len(queries), self.bits // 8), np.uint8)
+        for r, c in zip(rows, await asyncio.gather(*calls)):
+            codes[r] = c
+        return codes
+
+    async def __call__(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+        codes = await self.encode(queries)
+        found: list = [None] * len(queries)
+        for target, rows, k in by_target(queries):
+            D, I = merge(await asyncio.gather(*[s.search.remote(codes[rows], target, k)
+                                                for s in self.shards]), k)
+            for j, i in enumerate(rows):
+                found[i] = (D[j], I[j])
+        return found
 
 
 @serve.deployment(max_ongoing_requests=INGRESS_ONGOING)
@@ -109,9 +234,9 @@ class SearchAPI:
     def __init__(self, encoder, shards: list, *, checkpoint: str, index: str,
                  checkpoint_fingerprint: str, token: str | None = None,
                  limits: dict | None = None):
+        """encoder None: layout `ingress` (model and index loaded here)."""
         from hashgan_ray.model.checkpoint import read_config
 
-        self.encoder, self.shards = encoder, shards
         self._waiting: list = []                   # (query, future) for the next batch
         self._dispatcher: asyncio.Task | None = None
         self.token = token.encode() if token else None
@@ -119,12 +244,33 @@ class SearchAPI:
         config = read_config(checkpoint)
         self.vocab = Vocabulary(config["vocabulary"])
         self.bits, self.image_size = config["model"]["bits"], config["model"]["image_size"]
+        manifest = read_manifest(index)
+        self.layout = "ingress" if encoder is None else "split"
+        self.local = (LocalSearch(checkpoint, index, self.bits, checkpoint_fingerprint)
+                      if encoder is None else None)
+        self.remote = None if encoder is None else RemoteSearch(encoder, shards, self.bits)
+        self.items = ItemStore(manifest.get("datasets", []))
+        self._items_lock = threading.Lock()        # the store reads files from worker threads
+        self._thumbnails: OrderedDict = OrderedDict()
+        self.page = {name: resources.files("hashgan_ray.serving").joinpath("static", name)
+                     .read_bytes() for name in PAGE_FILES}
         self.info = {"model": {"path": checkpoint, "fingerprint": checkpoint_fingerprint,
                                **config["model"]},
-                     "index": {"path": index, **read_manifest(index)},
-                     "limits": asdict(self.limits)}
+                     "index": {"path": index, **manifest},
+                     "items": {"count": len(self.items), "load_s": round(self.items.load_s, 3)},
+                     "layout": self.layout, "limits": asdict(self.limits)}
 
     # -- endpoints ------------------------------------------------------------
+    @api.get("/")
+    async def index_page(self):
+        return self._page_file("index.html")
+
+    @api.get("/static/{name}")
+    async def static_file(self, name: str):
+        if name not in PAGE_FILES or name == "index.html":
+            return error(404, "Not Found")
+        return self._page_file(name)
+
     @api.get("/v1/healthz")
     async def healthz(self):
         return {"status": "ok"}
@@ -145,6 +291,14 @@ class SearchAPI:
     async def encode(self, request: Request):
         return await self._guarded(request, lambda: self._encode_json(request))
 
+    @api.get("/v1/items/{item}")
+    async def item(self, request: Request, item: str):
+        return await self._guarded(request, lambda: self._item_json(request, item))
+
+    @api.get("/v1/items/{item}/image")
+    async def item_image(self, request: Request, item: str):
+        return await self._guarded(request, lambda: self._item_image(request, item))
+
     # -- request handling -----------------------------------------------------
     async def _guarded(self, request: Request, work):
         """Auth, then `work()` within the time limit; every failure becomes a JSON
@@ -162,6 +316,12 @@ class SearchAPI:
 
     async def _ok(self, payload):
         return payload
+
+    def _page_file(self, name: str) -> Response:
+        return Response(self.page[name], media_type=PAGE_FILES[name],
+                        headers={"Content-Security-Policy": PAGE_POLICY,
+                                 "X-Content-Type-Options": "nosniff",
+                                 "Cache-Control": "no-cache"})
 
     def _authorize(self, request: Request) -> None:
         if self.token is None:
@@ -205,14 +365,21 @@ class SearchAPI:
 
     async def _parse(self, body, search: bool) -> Query:
         args = (body, self.vocab, self.image_size, self.limits)
-        if isinstance(body, dict) and body.get("image") is not None:   # decoding: off the loop
-            return await asyncio.to_thread(parse_query, *args, search=search, bits=self.bits)
-        return parse_query(*args, search=search, bits=self.bits)
+        if isinstance(body, dict) and any(body.get(f) is not None
+                                          for f in ("image", "image_of", "text_of")):
+            return await asyncio.to_thread(self._with_items, parse_query, *args, search=search,
+                                           bits=self.bits, items=self.items)
+        return parse_query(*args, search=search, bits=self.bits, items=self.items)
+
+    def _with_items(self, fn, *args, **kwargs):
+        """fn(...) in a worker thread, one at a time against the item store."""
+        with self._items_lock:
+            return fn(*args, **kwargs)
 
     async def _search_json(self, request: Request):
         started = time.perf_counter()
         query = await self._parse(await self._json(request), search=True)
-        return self._answer(query, await self._batched(query), started)
+        return await self._answer(request, query, await self._batched(query), started)
 
     async def _search_upload(self, request: Request):
         started = time.perf_counter()
@@ -223,9 +390,9 @@ class SearchAPI:
         data = await upload.read()
         query = Query("image", image=await asyncio.to_thread(load_image, data, self.image_size,
                                                              self.limits))
-        search_options(query, {k: form.get(k) for k in ("target", "k", "radius")},
+        search_options(query, {k: form.get(k) for k in ("target", "k", "radius", "include")},
                        self.limits, self.bits, form=True)
-        return self._answer(query, await self._batched(query), started)
+        return await self._answer(request, query, await self._batched(query), started)
 
     async def _form(self, request: Request):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -243,20 +410,72 @@ class SearchAPI:
 
     async def _encode_json(self, request: Request):
         query = await self._parse(await self._json(request), search=False)
-        code = (await self._encode([query]))[0]
+        if self.local is not None:
+            code = (await asyncio.to_thread(self.local.encode, [query]))[0]
+        else:
+            code = (await self.remote.encode([query]))[0]
         return {"code": code.tobytes().hex(), "bits": self.bits, "modality": query.modality,
                 "unknown_words": query.unknown_words}
 
-    def _answer(self, query: Query, found: tuple[np.ndarray, np.ndarray], started: float):
+    async def _answer(self, request: Request, query: Query, found, started: float):
         D, I = found
         keep = I >= 0                                      # approximate kinds may find fewer
         if query.radius is not None:
             keep &= D <= query.radius
-        D, I = D[keep][:query.k], I[keep][:query.k]
-        return {"results": [{"id": int(i), "distance": int(d)} for d, i in zip(D, I)],
-                "bits": self.bits, "target": query.target,
+        results = [{"id": int(i), "distance": int(d)}
+                   for d, i in zip(D[keep][:query.k], I[keep][:query.k])]
+        if query.include:
+            await asyncio.to_thread(self._with_items, self._add_items, results, query.include,
+                                    request.scope.get("root_path", ""))
+        return {"results": results, "bits": self.bits, "target": query.target,
                 "took_ms": round((time.perf_counter() - started) * 1000, 3),
                 "unknown_words": query.unknown_words}
+
+    def _item(self, i: int, root: str) -> dict:
+        item = self.items.get(i)
+        return {"id": i, "labels": item.labels, "words": item.words,
+                "image": f"{root}/v1/items/{i}/image"}
+
+    def _add_items(self, results: list[dict], include: tuple[str, ...], root: str) -> None:
+        """Each result gets the `include` fields of its item (null where the item's
+        dataset is not reachable)."""
+        for r in results:
+            try:
+                item = self._item(r["id"], root)
+            except ItemNotFound:
+                item = {}
+            r.update({name: item.get(name) for name in include})
+
+    async def _item_json(self, request: Request, item: str):
+        i = item_id(item)
+        try:
+            return await asyncio.to_thread(self._with_items, self._item, i,
+                                           request.scope.get("root_path", ""))
+        except ItemNotFound as e:
+            raise BadRequest(404, str(e)) from None
+
+    async def _item_image(self, request: Request, item: str):
+        i, size = item_id(item), thumbnail_size(request.query_params.get("size"))
+        key = (i, size)
+        data = self._thumbnails.get(key)
+        if data is None:
+            data = await asyncio.to_thread(self._make_thumbnail, i, size)
+            self._thumbnails[key] = data
+            if len(self._thumbnails) > THUMBNAILS_CACHED:
+                self._thumbnails.popitem(last=False)
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    def _make_thumbnail(self, i: int, size: int) -> bytes:
+        try:
+            data = self._with_items(self.items.image_bytes, i)
+        except ItemNotFound as e:
+            raise BadRequest(404, str(e)) from None
+        try:
+            return thumbnail(data, size)
+        except Exception as e:                     # a linked file replaced by something else
+            raise BadRequest(404, f"the image of item {i} cannot be decoded "
+                                  f"({type(e).__name__})") from None
 
     # -- batched work ----------------------------------------------------------
     async def _batched(self, query: Query):
@@ -284,77 +503,82 @@ class SearchAPI:
                     found.set_result(result)
 
     async def _search(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One encoder call per modality and one call per shard and target."""
-        codes = await self._encode(queries)                                 # (n, bits/8)
-        found: list = [None] * len(queries)
-        for target in TARGETS:
-            rows = [i for i, q in enumerate(queries) if q.target == target]
-            if not rows:
-                continue
-            k = max(queries[i].k for i in rows)
-            parts = await asyncio.gather(*[s.search.remote(codes[rows], target, k)
-                                           for s in self.shards])
-            D, I = merge(parts, k)
-            for j, i in enumerate(rows):
-                found[i] = (D[j], I[j])
-        return found
-
-    async def _encode(self, queries: list[Query]) -> np.ndarray:
-        """Packed codes (n, bits/8) of the queries, one encoder call per modality."""
-        texts = [i for i, q in enumerate(queries) if q.modality == "text"]
-        images = [i for i, q in enumerate(queries) if q.modality == "image"]
-        calls, rows = [], []
-        if texts:
-            calls.append(self.encoder.encode_text.remote([queries[i].words for i in texts]))
-            rows.append(texts)
-        if images:
-            calls.append(self.encoder.encode_image.remote(
-                np.stack([queries[i].image for i in images])))
-            rows.append(images)
-        codes = np.empty((len(queries), self.bits // 8), np.uint8)
-        for r, c in zip(rows, await asyncio.gather(*calls)):
-            codes[r] = c
-        return codes
+        if self.local is not None:                    # torch and FAISS release the GIL
+            return await asyncio.to_thread(self.local, queries)
+        return await self.remote(queries)
 
 
-def build_app(args: dict) -> serve.Application:
-    """The application for `serve run` (args from serve/config.yaml) and
-    `hashgan-ray serve`. args: checkpoint, index (paths); optional encoder_replicas,
-    encoder_cpus, shard_cpus, ingress_cpus, limits (Limits fields), shard_resources (a
-    list, one dict of custom Ray resources per shard: shard s runs on a node that has
-    shard_resources[s], e.g. [{"shards_a": 1}, {"shards_b": 1}] over nodes started with
-    `--resources '{"shards_a": 1}'` and `'{"shards_b": 1}'`). The API token comes from
-    HASHGAN_API_TOKEN where the application is built.
+def application(checkpoint, index, *, layout: str = "auto", limits: dict | None = None,
+                token: str | None = None, options: dict | None = None) -> serve.Application:
+    """The search application in Python (the CLI, tests, benchmarks). `options`:
+    {deployment name: Serve deployment options}, as the config's `deployments:`
+    would set them (names: SearchAPI; with layout split also QueryEncoder and
+    IndexShard0..S-1).
 
     Refuses, before anything starts, an index of another code length or model."""
     from hashgan_ray.model.checkpoint import fingerprint, read_config
 
-    unknown = set(args) - {"checkpoint", "index", "encoder_replicas", "encoder_cpus",
-                           "shard_cpus", "ingress_cpus", "limits", "shard_resources"}
-    if unknown:
-        raise ValueError(f"unknown application args: {', '.join(sorted(unknown))}")
-    checkpoint = str(Path(args["checkpoint"]).resolve())
-    index = str(Path(args["index"]).resolve())
+    checkpoint, index = str(Path(checkpoint).resolve()), str(Path(index).resolve())
     bits = read_config(checkpoint)["model"]["bits"]
     manifest = read_manifest(index)
     model_fp = fingerprint(checkpoint)
     check_manifest(manifest, index, bits=bits, checkpoint_fingerprint=model_fp)
-    Limits(**args.get("limits", {}))                            # unknown limit names fail here
-    encoder_cpus = float(args.get("encoder_cpus", 1.0))
-    shard_cpus = float(args.get("shard_cpus", 0.25))
-    placed = args.get("shard_resources") or [{}] * len(manifest["shards"])
-    if len(placed) != len(manifest["shards"]):
-        raise ValueError(f"shard_resources has {len(placed)} entries for "
-                         f"{len(manifest['shards'])} shards")
-    encoder = QueryEncoder.options(
-        num_replicas=int(args.get("encoder_replicas", 1)),
-        ray_actor_options={"num_cpus": encoder_cpus}).bind(checkpoint, max(1, int(encoder_cpus)))
-    shards = [IndexShard.options(name=f"IndexShard{s}", ray_actor_options={
-                  "num_cpus": shard_cpus, "resources": dict(placed[s])})
-              .bind(index, s, bits, model_fp, max(1, int(shard_cpus)))
-              for s in range(len(manifest["shards"]))]
-    return SearchAPI.options(ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.25))}
-                             ).bind(encoder, shards, checkpoint=checkpoint, index=index,
-                                    checkpoint_fingerprint=model_fp,
-                                    token=os.environ.get(TOKEN_ENV) or None,
-                                    limits=args.get("limits"))
+    Limits(**(limits or {}))                                    # unknown limit names fail here
+    layout, shards = resolve_layout(index, layout), len(manifest["shards"])
+    options = dict(options or {})
+
+    def opts(deployment: str, **defaults) -> dict:
+        return {**defaults, **options.pop(deployment, {})}
+
+    if layout == "ingress":
+        encoder, handles = None, []
+        api_cpus = 1.0                                          # it runs the model
+    else:
+        encoder = QueryEncoder.options(**opts("QueryEncoder")).bind(checkpoint)
+        handles = [IndexShard.options(**opts(f"IndexShard{s}", name=f"IndexShard{s}"))
+                   .bind(index, s, bits, model_fp) for s in range(shards)]
+        api_cpus = 0.25
+    app = SearchAPI.options(**opts("SearchAPI", ray_actor_options={"num_cpus": api_cpus})).bind(
+        encoder, handles, checkpoint=checkpoint, index=index, checkpoint_fingerprint=model_fp,
+        token=token, limits=limits)
+    if options:
+        raise ValueError(f"options for deployments this layout ({layout}) does not have: "
+                         f"{', '.join(sorted(options))}")
+    return app
+
+
+def resolve_layout(index, layout: str = "auto") -> str:
+    """`auto` -> `ingress` for a one-shard index, else `split`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if layout == "auto":
+        return "ingress" if len(read_manifest(index)["shards"]) == 1 else "split"
+    return layout
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The API token: the first line of `token_file`, else $HASHGAN_API_TOKEN, else none."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise ValueError(f"token_file {token_file}: cannot be read ({e.strerror})") from None
+        if not token:
+            raise ValueError(f"token_file {token_file}: is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application builder of serve/config.yaml (`import_path:
+    hashgan_ray.serving.app:build_app`). args: checkpoint, index (paths); optional
+    layout (auto | ingress | split), limits (Limits fields), token_file. Where
+    Serve builds it (the cluster, for `serve deploy`), the token is read from
+    token_file or from HASHGAN_API_TOKEN (set it in the application's
+    `runtime_env.env_vars`)."""
+    unknown = set(args) - APP_ARGS
+    if unknown:
+        raise ValueError(f"unknown application args: {', '.join(sorted(unknown))} (replicas "
+                         "and resources go in the config's `deployments:` section)")
+    return application(args["checkpoint"], args["index"], layout=args.get("layout", "auto"),
+                       limits=args.get("limits"), token=read_token(args.get("token_file")))

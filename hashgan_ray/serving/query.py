@@ -18,8 +18,12 @@ import numpy as np
 from PIL import Image
 
 from hashgan_ray.data.images import decode_rgb
+from hashgan_ray.serving.items import ItemNotFound
 
 TARGETS = ("image", "text")
+INCLUDE = ("labels", "words", "image")      # what a result may carry besides id and distance
+ITEM_QUERIES = {"image_of": "image", "text_of": "text"}   # a query by an indexed item
+THUMBNAIL_SIZES = (16, 1024)                # allowed longest side of /v1/items/{id}/image
 WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")    # letters/digits, inner ' or -
 
 
@@ -51,6 +55,7 @@ class Query:
     target: str = "image"                  # what to retrieve
     k: int = 10
     radius: int | None = None
+    include: tuple[str, ...] = ()          # item fields each result carries
 
 
 class Vocabulary:
@@ -146,28 +151,64 @@ def load_image(data: bytes, size: int, limits: Limits) -> np.ndarray:
 
 
 def parse_query(body, vocab: Vocabulary, image_size: int, limits: Limits, *,
-                search: bool = True, bits: int = 0) -> Query:
-    """A decoded JSON body of /v1/search (or /v1/encode with search=False) -> Query."""
+                search: bool = True, bits: int = 0, items=None) -> Query:
+    """A decoded JSON body of /v1/search (or /v1/encode with search=False) -> Query.
+    `items` (hashgan_ray.serving.items.ItemStore) answers `image_of` and `text_of`."""
     if not isinstance(body, dict):
         raise BadRequest(400, f"the request body must be a JSON object, not {_json_type(body)}")
-    allowed = {"text", "image"} | ({"target", "k", "radius"} if search else set())
+    sources = ("text", "image", *ITEM_QUERIES)
+    allowed = set(sources) | ({"target", "k", "radius", "include"} if search else set())
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise BadRequest(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "
                               f"expected {', '.join(sorted(allowed))}")
-    has_text, has_image = body.get("text") is not None, body.get("image") is not None
-    if has_text == has_image:
-        raise BadRequest(400, "give exactly one of 'text' and 'image'"
-                         + (" (both were given)" if has_text else " (neither was given)"))
-    if has_text:
+    given = [s for s in sources if body.get(s) is not None]
+    if len(given) != 1:
+        raise BadRequest(400, f"give exactly one of {', '.join(map(repr, sources))}"
+                         + (f" ({' and '.join(given)} were given)" if given else
+                            " (none was given)"))
+    (source,) = given
+    if source == "text":
         words, unknown_words = parse_text(body["text"], vocab, limits)
         query = Query("text", words=words, unknown_words=unknown_words)
-    else:
+    elif source == "image":
         query = Query("image", image=load_image(decode_base64(body["image"], limits),
                                                 image_size, limits))
+    else:
+        query = item_query(source, body[source], items, image_size, limits)
     if search:
         search_options(query, body, limits, bits)
     return query
+
+
+def item_id(value) -> int:
+    """An item id from JSON or from a URL path segment."""
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value):
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**63:
+        raise BadRequest(400, f"an item id must be an integer, not {value!r:.40}")
+    return value
+
+
+def item_query(source: str, value, items, image_size: int, limits: Limits) -> Query:
+    """`image_of`/`text_of`: the image or the words of an indexed item, as a query."""
+    i = item_id(value)
+    try:
+        if source == "text_of":
+            return Query("text", words=items.word_ids(i))
+        return Query("image", image=load_image(items.image_bytes(i), image_size, limits))
+    except ItemNotFound as e:
+        raise BadRequest(404, str(e)) from None
+
+
+def thumbnail_size(value) -> int:
+    """The `size` query parameter of /v1/items/{id}/image."""
+    low, high = THUMBNAIL_SIZES
+    if value is None:
+        return 256
+    if not re.fullmatch(r"-?[0-9]{1,9}", value) or not low <= int(value) <= high:
+        raise BadRequest(400, f"'size' must be an integer from {low} to {high}, not {value!r:.40}")
+    return int(value)
 
 
 def search_options(query: Query, options: dict, limits: Limits, bits: int,
@@ -191,6 +232,22 @@ def search_options(query: Query, options: dict, limits: Limits, bits: int,
     if not 1 <= k <= limits.max_k:
         raise BadRequest(400, f"'k' must be between 1 and {limits.max_k}, not {k}")
     query.k = k
+    query.include = parse_include(options.get("include"), form)
+
+
+def parse_include(value, form: bool = False) -> tuple[str, ...]:
+    """A list of INCLUDE names (or, in a form, one comma-separated string)."""
+    if value is None:
+        return ()
+    if form and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(400, f"'include' must be a list of names from {', '.join(INCLUDE)}")
+    unknown = [v for v in value if v not in INCLUDE]
+    if unknown:
+        raise BadRequest(400, f"'include' has unknown name(s) {', '.join(map(repr, unknown[:5]))}; "
+                              f"expected some of {', '.join(INCLUDE)}")
+    return tuple(dict.fromkeys(value))
 
 
 def _integer(name: str, value, form: bool = False) -> int:

@@ -53,21 +53,29 @@ def train_on(cluster, cfg):
     return result, [n for a, n in cluster.actor_nodes(TRAIN_WORKER).items() if a not in before]
 
 
+def shards_on(resources: list[dict]) -> dict:
+    """Serve options (as a config's `deployments:`) pinning shard s to a node
+    offering resources[s]; the encoder takes half a CPU."""
+    return {"QueryEncoder": {"ray_actor_options": {"num_cpus": 0.5}},
+            **{f"IndexShard{s}": {"ray_actor_options": {"num_cpus": 0.25, "resources": r}}
+               for s, r in enumerate(resources)}}
+
+
 def test_bad_placement_and_shard_resources_are_refused(synth_data, tiny_model, tmp_path):
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.serving.app import application
 
     with pytest.raises(ValueError, match="placement_strategy must be one of"):
         TrainConfig(placement_strategy="spread")
     index = write_exact_index(tmp_path / "index", tiny_model, synth_data, shards=2)
-    with pytest.raises(ValueError, match="shard_resources has 1 entries for 2 shards"):
-        build_app({"checkpoint": str(tiny_model), "index": str(index), "shard_resources": [HEAD]})
+    with pytest.raises(ValueError, match=r"this layout \(split\) does not have: IndexShard2"):
+        application(tiny_model, index, options=shards_on([HEAD, HEAD, SECOND]))
 
 
 def test_shards_on_both_nodes_answer_as_brute_force(cluster, synth_data, tiny_model, tmp_path,
                                                     monkeypatch):
     from ray import serve
 
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.serving.app import application
 
     monkeypatch.delenv("HASHGAN_API_TOKEN", raising=False)
     index = write_exact_index(tmp_path / "index", tiny_model, synth_data, shards=2)
@@ -75,8 +83,7 @@ def test_shards_on_both_nodes_answer_as_brute_force(cluster, synth_data, tiny_mo
     # One HTTP proxy: a proxy per node would bind the same port twice on this machine.
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app({"checkpoint": str(tiny_model), "index": str(index),
-                             "encoder_cpus": 0.5, "shard_resources": [HEAD, SECOND]}),
+        serve.run(application(tiny_model, index, options=shards_on([HEAD, SECOND])),
                   name="hashgan", route_prefix="/")
         placed = [set(cluster.actor_nodes(f"ServeReplica:hashgan:IndexShard{s}",
                                           alive=True).values()) for s in range(2)]

@@ -57,10 +57,70 @@ def test_the_serve_config_is_valid_and_listens_on_loopback():
     config = ServeDeploySchema(**yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
     assert config.http_options.host == "127.0.0.1"
     (app,) = config.applications
-    assert app.import_path == "serve.app:app"
+    assert app.import_path == "hashgan_ray.serving.app:build_app"        # the installed package
     assert {"checkpoint", "index"} <= set(app.args)
+    assert [d.name for d in app.deployments] == ["SearchAPI"]
     spec = importlib.util.spec_from_file_location("serve_app", ROOT / "serve" / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from hashgan_ray.serving.app import build_app
     assert module.app is build_app
+
+
+def test_serve_builds_the_application_from_the_config_file(local_ray, synth_data, tiny_model,
+                                                           tmp_path, monkeypatch):
+    """serve/config.yaml, with this test's paths and port, a token in
+    runtime_env.env_vars and two ingress replicas in `deployments:`, run through
+    Serve's own `serve run` (in this process, on the test's Ray): the
+    controller builds it in a task, as it does for `serve deploy`."""
+    from click.testing import CliRunner
+    from ray import serve
+    from ray.serve.scripts import cli
+
+    monkeypatch.delenv("HASHGAN_API_TOKEN", raising=False)        # only the config's counts
+    index = write_exact_index(tmp_path / "index", tiny_model, synth_data)
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    (app,) = config["applications"]
+    app["args"].update(checkpoint=str(tiny_model), index=str(index))
+    app["runtime_env"] = {"env_vars": {"HASHGAN_API_TOKEN": "from-the-config"}}
+    app["deployments"] = [{"name": "SearchAPI", "num_replicas": 2,
+                           "ray_actor_options": {"num_cpus": 0.5}}]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        result = CliRunner().invoke(cli, ["run", "--non-blocking", str(path)])
+        assert result.exit_code == 0, result.output
+        deadline = time.monotonic() + 180
+        while (status := serve.status().applications.get("hashgan")) is None or \
+                status.status != "RUNNING":
+            assert status is None or status.status not in ("DEPLOY_FAILED", "UNHEALTHY"), status
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        replicas = status.deployments["SearchAPI"].replica_states
+        assert sum(replicas.values()) == 2 and set(status.deployments) == {"SearchAPI"}
+        url = f"http://127.0.0.1:{port}"
+        body = {"text": ["sky", "sea"], "k": 3}
+        assert httpx.post(f"{url}/v1/search", json=body, timeout=60).status_code == 401
+        r = httpx.post(f"{url}/v1/search", json=body, timeout=60,
+                       headers={"Authorization": "Bearer from-the-config"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        info = httpx.get(f"{url}/v1/info", headers={"Authorization": "Bearer from-the-config"},
+                         timeout=60).json()
+        assert info["layout"] == "ingress" and info["index"]["path"] == str(index)
+    finally:
+        serve.shutdown()
+
+
+def test_app_args_that_belong_to_serve_are_refused(synth_data, tiny_model, tmp_path):
+    from hashgan_ray.serving.app import build_app
+
+    index = write_exact_index(tmp_path / "index", tiny_model, synth_data)
+    args = {"checkpoint": str(tiny_model), "index": str(index)}
+    with pytest.raises(ValueError, match="encoder_replicas .*`deployments:` section"):
+        build_app({**args, "encoder_replicas": 2})
+    with pytest.raises(ValueError, match="layout must be one of auto, ingress, split"):
+        build_app({**args, "layout": "sideways"})
+    with pytest.raises(ValueError, match="token_file .*missing: cannot be read"):
+        build_app({**args, "token_file": str(tmp_path / "missing")})

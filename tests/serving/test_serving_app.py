@@ -3,8 +3,10 @@ import base64
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
@@ -28,18 +30,31 @@ def index_dir(synth_data, tiny_model, tmp_path_factory):
                              shards=2)
 
 
-@pytest.fixture(scope="module")
-def service(local_ray, tiny_model, index_dir):
+# Small CPU shares: both layouts and the strict app of the 504 test fit a 2-CPU Ray.
+SPLIT_OPTIONS = {"SearchAPI": {"ray_actor_options": {"num_cpus": 0.25}},
+                 "QueryEncoder": {"ray_actor_options": {"num_cpus": 0.5}},
+                 "IndexShard0": {"ray_actor_options": {"num_cpus": 0.25}},
+                 "IndexShard1": {"ray_actor_options": {"num_cpus": 0.25}}}
+
+
+def deploy(name: str, route_prefix: str, **kwargs) -> None:
     from ray import serve
 
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.serving.app import application
+
+    serve.run(application(token=TOKEN, limits=LIMITS, **kwargs), name=name,
+              route_prefix=route_prefix)
+
+
+@pytest.fixture(scope="module")
+def service(local_ray, tiny_model, index_dir):
+    """Layout split: SearchAPI -> QueryEncoder -> IndexShard0, IndexShard1."""
+    from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"checkpoint": str(tiny_model), "index": str(index_dir), "limits": LIMITS}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HASHGAN_API_TOKEN", TOKEN)
-        serve.run(build_app(args), name="hashgan", route_prefix="/")
+    args = {"checkpoint": str(tiny_model), "index": str(index_dir)}
+    deploy("hashgan", "/", **args, layout="split", options=SPLIT_OPTIONS)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
                           headers={"Authorization": f"Bearer {TOKEN}"})
     yield client, args, port
@@ -48,11 +63,30 @@ def service(local_ray, tiny_model, index_dir):
 
 
 @pytest.fixture(scope="module")
-def queries(synth_data):
+def one_shard(service, linked_model, linked_index):
+    """Layout ingress (auto, one shard) over the linked-images dataset, at /one."""
+    client, _, port = service
+    deploy("one", "/one", checkpoint=str(linked_model), index=str(linked_index),
+           options={"SearchAPI": {"ray_actor_options": {"num_cpus": 0.5}}})
+    one = httpx.Client(base_url=f"http://127.0.0.1:{port}/one", timeout=60,
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+    yield one
+    one.close()
+
+
+def pairs_as_sent(data_dir) -> list[dict]:
     """Query-split pairs as the API receives them: words and image bytes."""
-    vocab = read_meta(synth_data).vocabulary
-    rows = read_pairs(synth_data, "query", columns=["id", "text", "image"]).to_pylist()[:12]
-    return [{"words": [vocab[i] for i in r["text"]], "image": r["image"]} for r in rows]
+    meta = read_meta(data_dir)
+    column = meta.image_column
+    rows = read_pairs(data_dir, "query", columns=["id", "text", column]).to_pylist()[:12]
+    return [{"words": [meta.vocabulary[i] for i in r["text"]],
+             "image": r[column] if column == "image" else Path(r[column]).read_bytes()}
+            for r in rows]
+
+
+@pytest.fixture(scope="module")
+def queries(synth_data):
+    return pairs_as_sent(synth_data)
 
 
 def b64(data: bytes) -> str:
@@ -65,8 +99,16 @@ def png(width, height) -> bytes:
     return out.getvalue()
 
 
-def test_served_results_are_the_brute_force_ranking(service, queries, index_dir):
-    client, _, _ = service
+@pytest.mark.parametrize("layout", ["split", "ingress"])
+def test_served_results_are_the_brute_force_ranking(request, layout, synth_data, queries):
+    """Both layouts answer their index's brute-force ranking."""
+    if layout == "split":
+        client, index_dir = request.getfixturevalue("service")[0], request.getfixturevalue("index_dir")
+    else:
+        client, index_dir = request.getfixturevalue("one_shard"), request.getfixturevalue("linked_index")
+        assert client.get("/v1/info").json()["layout"] == "ingress"
+        # its data's images are synth_data's; its word 0 has another name
+        queries = pairs_as_sent(request.getfixturevalue("linked_data"))
     codes = store.read_codes(index_dir)
     for q in queries[:6]:
         code = client.post("/v1/encode", json={"text": q["words"]}).json()["code"]
@@ -109,6 +151,108 @@ def test_concurrent_mixed_queries_are_batched_correctly(service, queries):
     assert [len(r) for r in together[::2]] == [3 + i for i in range(len(queries))]
 
 
+def dataset_items(data_dir, split="database") -> dict[int, dict]:
+    """id -> the item JSON the service should answer, read from the dataset itself."""
+    meta = read_meta(data_dir)
+    rows = read_pairs(data_dir, split, columns=["id", "text", "labels"]).to_pylist()
+    return {r["id"]: {"id": r["id"], "labels": [meta.label_names[i] for i in r["labels"]],
+                      "words": [meta.vocabulary[i] for i in dict.fromkeys(r["text"])]}
+            for r in rows}
+
+
+@pytest.mark.parametrize("layout", ["split", "ingress"])
+def test_items_are_the_dataset_rows_with_thumbnails(request, layout, synth_data, linked_data):
+    """Embedded images (split service, synth_data) and linked files (ingress, linked_data)."""
+    if layout == "split":
+        client, data, root = request.getfixturevalue("service")[0], synth_data, ""
+    else:
+        client, data, root = request.getfixturevalue("one_shard"), linked_data, "/one"
+    expected = dataset_items(data)
+    for i in list(expected)[:5]:
+        item = client.get(f"/v1/items/{i}").json()
+        assert item == {**expected[i], "image": f"{root}/v1/items/{i}/image"}
+        small = client.get(item["image"].removeprefix(root), params={"size": 24})
+        assert small.status_code == 200 and small.headers["content-type"] == "image/jpeg"
+        with Image.open(io.BytesIO(small.content)) as img:
+            assert img.format == "JPEG" and max(img.size) == 24
+        with Image.open(io.BytesIO(client.get(f"/v1/items/{i}/image").content)) as img:
+            assert img.size == (64, 64)                            # 64 px source: not enlarged
+    query_id = read_pairs(data, "query", columns=["id"]).column("id")[0].as_py()
+    r = client.get(f"/v1/items/{query_id}")                       # not in the index
+    assert r.status_code == 404 and f"no item with id {query_id}" in r.json()["error"]
+
+
+def test_results_carry_their_items_and_items_can_be_queries(one_shard, linked_data,
+                                                           linked_index):
+    client, queries = one_shard, pairs_as_sent(linked_data)
+    expected = dataset_items(linked_data)
+    r = client.post("/v1/search", json={"text": queries[0]["words"], "k": 5,
+                                        "include": ["labels", "words", "image"]}).json()
+    assert len(r["results"]) == 5
+    for x in r["results"]:
+        assert x == {**expected[x["id"]], "distance": x["distance"],
+                     "image": f"/one/v1/items/{x['id']}/image"}
+    only = client.post("/v1/search", json={"text": queries[0]["words"], "k": 5,
+                                           "include": ["labels"]}).json()["results"]
+    assert [set(x) for x in only] == [{"id", "distance", "labels"}] * 5
+    upload = client.post("/v1/search/image", files={"file": ("q.png", queries[0]["image"])},
+                         data={"k": "4", "include": "words,labels"}).json()["results"]
+    assert [x["words"] for x in upload] == [expected[x["id"]]["words"] for x in upload]
+
+    codes = store.read_codes(linked_index)
+    meta = read_meta(linked_data)
+    for i in list(expected)[:3]:
+        words = [meta.vocabulary[w] for w in read_pairs(linked_data, columns=["id", "text"])
+                 .filter(pc.field("id") == i).column("text")[0].as_py()]
+        image = Path(read_pairs(linked_data, columns=["id", "image_path"])
+                     .filter(pc.field("id") == i).column("image_path")[0].as_py()).read_bytes()
+        by_image = client.post("/v1/search", json={"image_of": i, "k": 20}).json()
+        code = client.post("/v1/encode", json={"image": b64(image)}).json()["code"]
+        assert by_image["target"] == "text"
+        assert by_image["results"] == brute(code, codes.text, codes.ids)[:20]
+        by_text = client.post("/v1/search", json={"text_of": i, "k": 20}).json()
+        code = client.post("/v1/encode", json={"text": words}).json()["code"]
+        assert by_text["target"] == "image"
+        assert by_text["results"] == brute(code, codes.image, codes.ids)[:20]
+
+
+def test_bad_item_requests_get_a_json_4xx_and_the_service_goes_on(one_shard, linked_data):
+    client = one_shard
+    ids = list(dataset_items(linked_data))
+    gone = Path(read_pairs(linked_data, columns=["id", "image_path"])
+                .filter(pc.field("id") == ids[7]).column("image_path")[0].as_py())
+    broken = Path(read_pairs(linked_data, columns=["id", "image_path"])
+                  .filter(pc.field("id") == ids[8]).column("image_path")[0].as_py())
+    saved = broken.read_bytes()
+    gone.rename(gone.with_suffix(".away"))
+    broken.write_bytes(b"not an image any more")
+    try:
+        cases = [
+            ("/v1/items/987654321", 404, "no item with id 987654321"),
+            ("/v1/items/-4", 404, "no item with id -4"),
+            ("/v1/items/seven", 400, "an item id must be an integer"),
+            ("/v1/items/99999999999999999999999", 400, "an item id must be an integer"),
+            ("/v1/items/987654321/image", 404, "no item with id 987654321"),
+            (f"/v1/items/{ids[0]}/image?size=-1", 400, "'size' must be an integer from 16 to 1024"),
+            (f"/v1/items/{ids[0]}/image?size=0", 400, "'size' must be"),
+            (f"/v1/items/{ids[0]}/image?size=100000", 400, "'size' must be"),
+            (f"/v1/items/{ids[0]}/image?size=big", 400, "'size' must be"),
+            (f"/v1/items/{ids[7]}/image", 404, f"the image file of item {ids[7]} cannot be read"),
+            (f"/v1/items/{ids[8]}/image", 404, f"the image of item {ids[8]} cannot be decoded"),
+        ]
+        for path, status, message in cases:
+            r = client.get(path)
+            assert r.status_code == status and message in r.json()["error"], (path, r.text)
+            assert client.get(f"/v1/items/{ids[1]}/image?size=20").status_code == 200
+        r = client.post("/v1/search", json={"image_of": ids[7]})
+        assert r.status_code == 404 and "cannot be read" in r.json()["error"]
+        assert client.get(f"/v1/items/{ids[7]}").status_code == 200       # its words still are
+    finally:
+        gone.with_suffix(".away").rename(gone)
+        broken.write_bytes(saved)
+    assert client.get(f"/v1/items/{ids[7]}/image").status_code == 200
+
+
 BAD = [
     # (body or request kwargs, status, words of the message)
     (b'{"text": "sky"', 400, "not valid JSON"),
@@ -117,9 +261,10 @@ BAD = [
     (b'["sky"]', 400, "must be a JSON object"),
     (b'{"text": 5}', 400, "must be a string or a list of strings"),
     (b'{"text": ["sky", 3]}', 400, "only strings"),
-    (b'{}', 400, "neither was given"),
-    (b'{"k": 5}', 400, "neither was given"),
-    (b'{"text": "sky", "image": "aGk="}', 400, "both were given"),
+    (b'{}', 400, "none was given"),
+    (b'{"k": 5}', 400, "none was given"),
+    (b'{"text": "sky", "image": "aGk="}', 400, "text and image were given"),
+    (b'{"text": "sky", "image_of": 3}', 400, "text and image_of were given"),
     (b'{"text": "   "}', 400, "'text' is empty"),
     (b'{"text": []}', 400, "'text' is empty"),
     (b'{"text": "zzqx blorp"}', 400, "none of the query's words"),
@@ -130,6 +275,10 @@ BAD = [
     (b'{"text": "sky", "radius": 17}', 400, "'radius' must be between 0 and 16"),
     (b'{"text": "sky", "target": "video"}', 400, "'target' must be"),
     (b'{"text": "sky", "colour": "red"}', 400, "unknown field"),
+    (b'{"text": "sky", "include": ["labels", "price"]}', 400, "'include' has unknown name(s) 'price'"),
+    (b'{"text": "sky", "include": "labels"}', 400, "'include' must be a list"),
+    (b'{"image_of": 987654321}', 404, "no item with id 987654321"),
+    (b'{"text_of": "seven"}', 400, "an item id must be an integer"),
     (b'{"image": "not base64!"}', 400, "not valid base64"),
     (b'{"image": 12}', 400, "must be a base64 string"),
     (json.dumps({"image": b64(b"GIF89a but not really an image")}).encode(), 400,
@@ -179,6 +328,7 @@ def test_info_describes_the_model_and_the_index(service, tiny_model):
     assert info["model"]["bits"] == 16 and info["model"]["fingerprint"] == fingerprint(tiny_model)
     assert info["index"]["count"] == 216 and len(info["index"]["shards"]) == 2
     assert info["limits"]["max_k"] == 1000
+    assert info["layout"] == "split" and info["items"]["count"] == 216
 
 
 def test_an_index_of_another_model_is_refused(index_dir, synth_data, tmp_path, capsys):
@@ -197,7 +347,7 @@ def test_a_body_that_stops_coming_gets_408_and_a_slow_answer_504(service, querie
 
     from ray import serve
 
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.serving.app import application
 
     client, args, port = service
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
@@ -217,11 +367,10 @@ def test_a_body_that_stops_coming_gets_408_and_a_slow_answer_504(service, querie
 
     # A second application whose time limit no search can meet (tiny CPUs: it
     # shares the 2 CPUs with the first); its replica answers 504 and goes on.
-    strict = {**args, "limits": {**LIMITS, "request_timeout_s": 1e-6}, "ingress_cpus": 0.05,
-              "encoder_cpus": 0.05, "shard_cpus": 0.05}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HASHGAN_API_TOKEN", TOKEN)
-        serve.run(build_app(strict), name="strict", route_prefix="/strict")
+    tiny = {name: {"ray_actor_options": {"num_cpus": 0.05}} for name in SPLIT_OPTIONS}
+    serve.run(application(**args, layout="split", options=tiny, token=TOKEN,
+                          limits={**LIMITS, "request_timeout_s": 1e-6}),
+              name="strict", route_prefix="/strict")
     try:
         for _ in range(2):
             r = client.post("/strict/v1/search", json={"text": queries[0]["words"]})
@@ -236,23 +385,41 @@ def test_token_on_then_off(service, queries):
     """Last in the module: it redeploys the app without the token."""
     from ray import serve
 
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.serving.app import application
 
     client, args, port = service
     bare = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     body = {"text": queries[0]["words"]}
     assert bare.get("/v1/healthz").json() == {"status": "ok"}
+    assert bare.get("/").status_code == 200                 # the page holds no data
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         for r in (bare.post("/v1/search", json=body, headers=headers),
                   bare.get("/v1/info", headers=headers),
-                  bare.post("/v1/encode", json=body, headers=headers)):
+                  bare.post("/v1/encode", json=body, headers=headers),
+                  bare.get("/v1/items/3", headers=headers),
+                  bare.get("/v1/items/3/image", headers=headers)):
             assert r.status_code == 401 and "API token" in r.json()["error"]
             assert r.headers["www-authenticate"] == "Bearer"
     assert client.post("/v1/search", json=body).status_code == 200
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("HASHGAN_API_TOKEN", raising=False)
-        serve.run(build_app(args), name="hashgan", route_prefix="/")
+    serve.run(application(**args, layout="split", options=SPLIT_OPTIONS), name="hashgan",
+              route_prefix="/")
     assert bare.post("/v1/search", json=body).status_code == 200
     assert bare.get("/v1/info").status_code == 200
     bare.close()
+
+
+def test_the_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from hashgan_ray.serving.app import read_token
+
+    monkeypatch.setenv("HASHGAN_API_TOKEN", "from-env")
+    assert read_token(None) == "from-env"
+    (tmp_path / "token").write_text("from-file\n")
+    assert read_token(str(tmp_path / "token")) == "from-file"
+    monkeypatch.delenv("HASHGAN_API_TOKEN")
+    assert read_token(None) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        read_token(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_token(str(tmp_path / "missing"))

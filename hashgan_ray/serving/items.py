@@ -1,0 +1,154 @@
+"""What a search result is: its labels, words and image, read from the datasets
+an index was built from. Plain pyarrow + Pillow: no Ray, no web framework.
+
+In memory only the map id -> row, 12 bytes per item (sorted ids int64 + the row
+int32); the rest stays in the datasets' Parquet files and is read one row group
+at a time when asked for (text and labels of recent row groups are cached).
+The items are the rows of the splits listed in the index's manifest
+(`datasets`), so after `hashgan-ray index add` the restarted service shows
+the added pairs with their codes. A dataset that is no longer where the index
+recorded it is skipped with a warning: search still works, its items are 404.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+
+from hashgan_ray.data.format import DataError, pair_files, read_meta
+from hashgan_ray.data.splits import rows_of_split
+
+log = logging.getLogger(__name__)
+THUMBNAIL_QUALITY = 85          # JPEG quality of thumbnails (Pillow's scale)
+CACHED_GROUPS = 256             # row groups whose text and labels stay decoded
+
+
+class ItemNotFound(LookupError):
+    """No item with this id, or its image cannot be read; the message says which."""
+
+
+@dataclass
+class Item:
+    id: int
+    labels: list[str]
+    words: list[str]
+
+
+@dataclass
+class _File:
+    parquet: pq.ParquetFile
+    group_starts: np.ndarray      # (groups + 1,) first row of each row group, then the count
+    dataset: int                  # index into ItemStore.metas
+
+
+class ItemStore:
+    """Items of an index, by dataset id (manifest["datasets"] entries: path, split)."""
+
+    def __init__(self, datasets: list[dict]):
+        started = time.perf_counter()
+        self.metas, self.files, self.paths = [], [], []
+        ids, rows, file_starts, total = [], [], [0], 0
+        for entry in datasets:
+            path = Path(entry["path"])
+            try:
+                meta, files = read_meta(path), pair_files(path)
+            except DataError as e:
+                log.warning("items of %s are not shown: %s", path, e)
+                continue
+            self.metas.append(meta)
+            self.paths.append(path)
+            wanted = rows_of_split(entry["split"]) if entry.get("split", "all") != "all" else None
+            for f in files:
+                parquet = pq.ParquetFile(f)
+                sizes = [parquet.metadata.row_group(g).num_rows
+                         for g in range(parquet.metadata.num_row_groups)]
+                table = parquet.read(columns=["id", "split"])
+                keep = (np.ones(len(table), bool) if wanted is None else
+                        pc.is_in(table.column("split"), pa.array(wanted)).to_numpy(False))
+                ids.append(table.column("id").to_numpy()[keep])
+                rows.append(total + np.flatnonzero(keep).astype(np.int64))
+                self.files.append(_File(parquet, np.cumsum([0] + sizes), len(self.metas) - 1))
+                total += len(table)
+                file_starts.append(total)
+        ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]                                       # (n,) int64, sorted
+        self.rows = rows[order].astype(np.int32 if total < 2**31 else np.int64)
+        self.file_starts = np.asarray(file_starts, np.int64)        # (files + 1,)
+        self._groups: OrderedDict = OrderedDict()                   # (file, group) -> columns
+        self.load_s = time.perf_counter() - started
+        log.info("items: %d from %d dataset(s) in %.2f s", len(self.ids), len(self.metas),
+                 self.load_s)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _locate(self, item_id: int) -> tuple[int, int, int]:
+        """(file, row group, row in group) of an item."""
+        i = int(np.searchsorted(self.ids, item_id))
+        if i == len(self.ids) or self.ids[i] != item_id:
+            raise ItemNotFound(f"no item with id {item_id} in this index")
+        row = int(self.rows[i])
+        f = int(np.searchsorted(self.file_starts, row, "right")) - 1
+        row -= int(self.file_starts[f])
+        starts = self.files[f].group_starts
+        g = int(np.searchsorted(starts, row, "right")) - 1
+        return f, g, row - int(starts[g])
+
+    def _text_and_labels(self, f: int, g: int) -> dict:
+        key = (f, g)
+        if key in self._groups:
+            self._groups.move_to_end(key)
+            return self._groups[key]
+        group = self.files[f].parquet.read_row_group(g, columns=["text", "labels"]).to_pydict()
+        self._groups[key] = group
+        if len(self._groups) > CACHED_GROUPS:
+            self._groups.popitem(last=False)
+        return group
+
+    def get(self, item_id: int) -> Item:
+        f, g, r = self._locate(item_id)
+        meta = self.metas[self.files[f].dataset]
+        group = self._text_and_labels(f, g)
+        words = list(dict.fromkeys(group["text"][r]))                  # a repeat counts once
+        return Item(item_id, [meta.label_names[i] for i in group["labels"][r]],
+                    [meta.vocabulary[i] for i in words])
+
+    def word_ids(self, item_id: int) -> list[int]:
+        """The item's bag of words as vocabulary ids (a query's `words`)."""
+        f, g, r = self._locate(item_id)
+        return list(self._text_and_labels(f, g)["text"][r])
+
+    def image_bytes(self, item_id: int) -> bytes:
+        """The item's encoded image: stored in the dataset, or the file it links to."""
+        f, g, r = self._locate(item_id)
+        column = self.metas[self.files[f].dataset].image_column
+        value = self.files[f].parquet.read_row_group(g, columns=[column]).column(0)[r].as_py()
+        if column == "image":
+            return value
+        try:
+            return Path(value).read_bytes()
+        except OSError as e:
+            raise ItemNotFound(f"the image file of item {item_id} cannot be read "
+                               f"({e.strerror or type(e).__name__})") from None
+
+
+def thumbnail(data: bytes, size: int) -> bytes:
+    """JPEG bytes whose longer side is at most `size` (never enlarged)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("RGB", (size, size))                  # cheap JPEG downscale first
+        img = img.convert("RGB")
+        img.thumbnail((size, size), Image.BILINEAR)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=THUMBNAIL_QUALITY)
+        return out.getvalue()

@@ -1,0 +1,42 @@
+"""Fixtures of the serving tests: a dataset whose images are linked files and
+whose names are hostile HTML, with its own model and one-shard index."""
+import pytest
+
+from helpers import write_exact_index, write_tiny_model
+from hashgan_ray.data.format import DatasetWriter, read_meta, read_pairs
+
+HOSTILE_LABEL = '<img src=x onerror="document.title=\'pwned\'">'
+HOSTILE_WORD = "<b>bold</b>"
+
+
+@pytest.fixture(scope="session")
+def linked_data(synth_data, tmp_path_factory):
+    """synth_data with `image_path` (as `--link-images` writes it), label 0 and word 0
+    renamed to HTML; its splits are synth_data's (same ids, same seed)."""
+    root = tmp_path_factory.mktemp("linked")
+    meta = read_meta(synth_data)
+    rows = read_pairs(synth_data, columns=["id", "image", "text", "labels", "split"]).to_pylist()
+    images = root / "images"
+    images.mkdir()
+    vocabulary = [HOSTILE_WORD] + meta.vocabulary[1:]
+    labels = [HOSTILE_LABEL] + meta.label_names[1:]
+    with DatasetWriter(root / "data", vocabulary, labels, image_column="image_path") as writer:
+        for r in rows:
+            path = images / f"{r['id']}.png"
+            path.write_bytes(r["image"])
+            writer.add(r["id"], r["text"], r["labels"], image_path=str(path))
+        writer.finish(name="linked", source="synthetic", image_size=meta.image_size,
+                      n_query=meta.counts["query"], n_train=meta.counts["train"], seed=meta.seed)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def linked_model(linked_data, tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("linked_model") / "model", linked_data)
+
+
+@pytest.fixture(scope="session")
+def linked_index(linked_data, linked_model, tmp_path_factory):
+    """A one-shard exact index of linked_data's database: the `ingress` layout."""
+    return write_exact_index(tmp_path_factory.mktemp("linked_index") / "index", linked_model,
+                             linked_data)
