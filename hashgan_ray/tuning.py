@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from importlib import resources
 from pathlib import Path
 
 import ray
@@ -50,9 +51,9 @@ REAP_EVERY_S = 2.0
 
 
 def default_space_path() -> Path:
-    """tune/space.yaml of the repository this package is imported from (an
-    editable install, a clone, or `ray job submit --working-dir .`)."""
-    return Path(__file__).resolve().parents[1] / "tune" / "space.yaml"
+    """The default search space, shipped in the package (hashgan_ray/tune_space.yaml;
+    the checkout's tune/space.yaml is a link to it), so an installed package finds it."""
+    return Path(str(resources.files("hashgan_ray") / "tune_space.yaml"))
 
 
 def read_space(path) -> dict[str, tuple[str, list]]:
@@ -61,7 +62,7 @@ def read_space(path) -> dict[str, tuple[str, list]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no search-space file at {path} (pass --space FILE; "
-                                "the repository's tune/space.yaml shows the format)")
+                                f"the default, {default_space_path()}, shows the format)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -184,16 +185,47 @@ class PlacementGroupReaper(tune.Callback):
             remove_orphaned_placement_groups()
 
 
-def actor_placement_groups() -> list:
-    """This job's live placement groups made by actors (Ray Train controllers),
-    not by the driver itself (Tune's trial bundles), as GCS table rows."""
-    from ray._private.state import state                  # Ray is pinned (2.60)
+# What the reaper reads of a placement group's GCS row (gcs.proto's PlacementGroupTableData).
+PLACEMENT_GROUP_FIELDS = ("placement_group_id", "state", "is_detached", "creator_job_id",
+                          "creator_actor_id", "creator_actor_dead")
+
+
+def placement_group_rows() -> list:
+    """Every placement group's GCS row (PlacementGroupTableData).
+
+    The package's one use of Ray's private API: Ray (2.60) has no public way to
+    list placement groups with the actor that made them and whether it died.
+    `ray.util.placement_group_table()` and the State API's `list_placement_groups`
+    leave both out, and Ray Train's own cleaner (ray-project/ray#58515) goes through
+    the State API, which needs the dashboard. Checked here, so that a Ray that
+    changes any of it fails loudly, naming this function, rather than reaping
+    nothing."""
     from ray.core.generated import gcs_pb2
 
     table = gcs_pb2.PlacementGroupTableData
+    changed = [f for f in PLACEMENT_GROUP_FIELDS if f not in table.DESCRIPTOR.fields_by_name]
+    try:
+        from ray._private.state import state          # the one private import (see above)
+
+        rows = state._connect_and_get_accessor().get_placement_group_table()
+    except (ImportError, AttributeError) as e:
+        changed.append(f"{type(e).__name__}: {e}")
+    if changed:
+        raise RuntimeError(
+            f"Ray {ray.__version__} changed what hashgan_ray.tuning.placement_group_rows reads "
+            f"(ray._private.state's placement-group table): {changed}. The reaper of stopped "
+            "trials' placement groups needs updating for this Ray (tested: Ray 2.60)")
+    return [table.FromString(raw) for raw in rows]
+
+
+def actor_placement_groups() -> list:
+    """This job's live placement groups made by actors (Ray Train controllers),
+    not by the driver itself (Tune's trial bundles), as GCS table rows."""
+    from ray.core.generated import gcs_pb2
+
+    removed = gcs_pb2.PlacementGroupTableData.REMOVED
     job = ray.get_runtime_context().get_job_id()
-    rows = [table.FromString(raw) for raw in state._connect_and_get_accessor().get_placement_group_table()]
-    return [pg for pg in rows if pg.state != table.REMOVED and not pg.is_detached
+    return [pg for pg in placement_group_rows() if pg.state != removed and not pg.is_detached
             and pg.creator_job_id.hex() == job and not ray.ActorID(pg.creator_actor_id).is_nil()]
 
 
