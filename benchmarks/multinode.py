@@ -4,7 +4,7 @@ and search over index shards on both nodes.
     .venv/bin/python benchmarks/multinode.py [--pairs 1000] [--epochs 3] [--duration 5]
 
 Starts a Ray head and a second node on 127.0.0.1 with `ray start`, `--cpus`
-each, token authentication on (hashgan_ray.cluster_local). Trains one 2-worker
+each, token authentication on (tests/support/cluster_local.py). Trains one 2-worker
 configuration twice on the synthetic data: both workers on one node (PACK),
 then one per node (SPREAD), gloo over TCP; prints samples/s of each (mean of
 the epochs after the first), their ratio, both validation MAPs and the largest
@@ -27,8 +27,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # support.cluster_local
 
-from hashgan_ray.cluster_local import TRAIN_WORKER, LocalCluster  # noqa: E402
+from support.cluster_local import TRAIN_WORKER, LocalCluster  # noqa: E402
 from hashgan_ray.model.checkpoint import max_weight_difference  # noqa: E402
 
 # A custom resource per node; an index shard asks for half of one (two fit on a node).
@@ -62,7 +63,7 @@ def serve_qps(cluster, model_dir: Path, index: Path, shard_resources, bodies_fil
     from ray import serve
     from serve_bench import run_load
 
-    from hashgan_ray.cluster_local import free_port
+    from hashgan_ray.ports import free_port
     from hashgan_ray.serving.app import application
 
     port = free_port()

@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from hashgan_ray.cluster_local import free_port
+from hashgan_ray.ports import free_port
 from hashgan_ray.data.format import read_meta, read_pairs
 
 

@@ -1,6 +1,6 @@
 """Helpers the tests import (`from helpers import ...`): tests/ is on sys.path
 because of tests/conftest.py. Fixtures live in the conftest files."""
-from hashgan_ray.cluster_local import free_port
+from hashgan_ray.ports import free_port
 
 __all__ = ["free_port", "write_tiny_model", "write_exact_index", "brute"]
 

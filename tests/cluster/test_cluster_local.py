@@ -1,11 +1,12 @@
-"""hashgan_ray.cluster_local: the ports it gives a node, and a node started
+"""tests/support/cluster_local.py: the ports it gives a node, and a node started
 again when Ray finds one of them taken (as happened in CI: two components of
 one head were given the same port and `ray start` refused)."""
 import logging
 import socket
 
-from hashgan_ray import cluster_local
-from hashgan_ray.cluster_local import LocalCluster, free_ports, listening, session_pids
+from hashgan_ray.ports import free_ports
+from support import cluster_local
+from support.cluster_local import LocalCluster, listening, session_pids
 
 
 def test_free_ports_are_distinct_and_bindable():
@@ -29,7 +30,7 @@ def test_a_head_given_one_port_twice_starts_again_on_fresh_ports(monkeypatch, ca
         return ports
 
     monkeypatch.setattr(cluster_local, "free_ports", first_pick_clashes)
-    with caplog.at_level(logging.WARNING, logger="hashgan_ray.cluster_local"):
+    with caplog.at_level(logging.WARNING, logger="cluster_local"):
         cluster = LocalCluster(head_cpus=1, dashboard=False)
     try:
         assert len(picks) == 2

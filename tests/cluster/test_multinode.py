@@ -1,4 +1,4 @@
-"""Two Ray nodes on one machine (hashgan_ray.cluster_local, token auth on):
+"""Two Ray nodes on one machine (tests/support/cluster_local.py, token auth on):
 training spread over both, index shards served from both, a node killed halfway
 through training. Every Ray process the module starts is stopped at its end."""
 import signal
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from helpers import brute, free_port, write_exact_index
-from hashgan_ray.cluster_local import TRAIN_WORKER, LocalCluster
+from support.cluster_local import TRAIN_WORKER, LocalCluster
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta, read_pairs
 from hashgan_ray.index import store

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hashgan_ray.cluster_local import LocalCluster
+from support.cluster_local import LocalCluster
 from hashgan_ray.model.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent          # the venv's ray, python
 
 @pytest.fixture
 def ray_head():
-    """A head of our own, stopped by signalling its session (hashgan_ray.cluster_local):
+    """A head of our own, stopped by signalling its session (tests/support/cluster_local.py):
     `ray stop` would stop every Ray on the machine, not only this one."""
     with LocalCluster(head_cpus=2) as cluster:
         yield cluster.dashboard_url, cluster.env

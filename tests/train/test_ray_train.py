@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hashgan_ray.cluster_local import TRAIN_WORKER
+from support.cluster_local import TRAIN_WORKER
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.model.checkpoint import TRAIN_STATE, load_model
 from hashgan_ray.train.loop import fit

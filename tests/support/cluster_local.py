@@ -1,5 +1,5 @@
-"""Ray nodes of our own on this machine: a development and testing utility
-(tests/cluster, tests/train/test_job_submit.py, benchmarks/multinode.py).
+"""Ray nodes of our own on this machine: test support (tests/cluster,
+tests/train/test_job_submit.py, benchmarks/multinode.py), not part of the package.
 
 Each node is `ray start --block` on 127.0.0.1 in a session of its own, stopped
 by signalling every process of that session (Ray's actor workers have process
@@ -22,7 +22,6 @@ there before.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -35,7 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-log = logging.getLogger("hashgan_ray.cluster_local")
+from hashgan_ray.ports import free_ports
+
+log = logging.getLogger("cluster_local")
 BIN = Path(sys.executable).parent              # the environment's `ray`
 START_TIMEOUT_S = 180                          # a loaded 2-core machine takes 10-60 s
 OBJECT_STORE_BYTES = 200_000_000               # per node; Ray's default is 30% of RAM
@@ -49,23 +50,6 @@ PORT_TRIES = 3                                 # starts of one node on fresh por
 # What `ray start` says when a port it was given is taken (by another of its own
 # components, or by someone else between our pick and its bind).
 PORT_CLASH = re.compile(r"port.*(used by other|already in use)|address already in use", re.I)
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free on 127.0.0.1 now. All are held open until all are
-    picked: closed one by one, the OS may hand the same port out twice (it did,
-    in CI: two Ray components given one port)."""
-    with contextlib.ExitStack() as held:
-        ports = []
-        for _ in range(n):
-            s = held.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-        return ports
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 def listening(port: int) -> bool:
