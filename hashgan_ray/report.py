@@ -50,6 +50,12 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """(mean, standard error of the mean) over seeds; the error is 0 for one value."""
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return statistics.mean(values), se
+
+
 def pick(results: list[dict], **cell) -> list[dict]:
     return [r for r in results if all(r["cell"][k] == v for k, v in cell.items())]
 

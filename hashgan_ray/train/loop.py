@@ -19,10 +19,11 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from hashgan_ray.config import TrainConfig
+from hashgan_ray.config import ORACLE, TrainConfig
 from hashgan_ray.data.format import read_meta
 from hashgan_ray.data.format import read_pairs
 from hashgan_ray.data.loading import BatchSpec
+from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.data.ray_data import read_split
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.evaluate import encode_split, retrieval_map, sample_ids
@@ -69,9 +70,12 @@ def all_reduce_for(world: int):
 
 
 def validate(model, cfg, val_ids, device) -> dict[str, float]:
-    """MAP on the query split against a fixed database sample (rank 0 only)."""
-    query = encode_split(model, cfg.data, "query", device=device)
-    database = encode_split(model, cfg.data, "database", device=device, only_ids=val_ids)
+    """MAP on the query split against a fixed database sample (rank 0 only);
+    the oracle setting encodes with the true masks, as it trains."""
+    oracle = Oracle(cfg.data) if cfg.attention == ORACLE else None
+    query = encode_split(model, cfg.data, "query", device=device, oracle=oracle)
+    database = encode_split(model, cfg.data, "database", device=device, only_ids=val_ids,
+                            oracle=oracle)
     m = retrieval_map(query, database)
     return {**m, "map_mean": (m["map_i2t"] + m["map_t2i"]) / 2}    # what Tune maximises
 
