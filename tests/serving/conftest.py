@@ -1,5 +1,7 @@
 """Fixtures of the serving tests: a dataset whose images are linked files and
 whose names are hostile HTML, with its own model and one-shard index."""
+from collections import Counter
+
 import pytest
 
 from helpers import write_exact_index, write_tiny_model
@@ -9,17 +11,29 @@ HOSTILE_LABEL = '<img src=x onerror="document.title=\'pwned\'">'
 HOSTILE_WORD = "<b>bold</b>"
 
 
+def most_frequent(lists) -> int:
+    return Counter(i for ids in lists for i in ids).most_common(1)[0][0]
+
+
+@pytest.fixture(scope="session")
+def hostile(linked_data) -> dict:
+    """The label and the word of linked_data that are HTML, and the word's id."""
+    return {"label": HOSTILE_LABEL, "word": HOSTILE_WORD,
+            "word_id": read_meta(linked_data).vocabulary.index(HOSTILE_WORD)}
+
+
 @pytest.fixture(scope="session")
 def linked_data(synth_data, tmp_path_factory):
-    """synth_data with `image_path` (as `--link-images` writes it), label 0 and word 0
-    renamed to HTML; its splits are synth_data's (same ids, same seed)."""
+    """synth_data with `image_path` (as `--link-images` writes it), its most frequent
+    label and word renamed to HTML; its splits are synth_data's (same ids, same seed)."""
     root = tmp_path_factory.mktemp("linked")
     meta = read_meta(synth_data)
     rows = read_pairs(synth_data, columns=["id", "image", "text", "labels", "split"]).to_pylist()
     images = root / "images"
     images.mkdir()
-    vocabulary = [HOSTILE_WORD] + meta.vocabulary[1:]
-    labels = [HOSTILE_LABEL] + meta.label_names[1:]
+    vocabulary, labels = list(meta.vocabulary), list(meta.label_names)
+    vocabulary[most_frequent(r["text"] for r in rows)] = HOSTILE_WORD
+    labels[most_frequent(r["labels"] for r in rows)] = HOSTILE_LABEL
     with DatasetWriter(root / "data", vocabulary, labels, image_column="image_path") as writer:
         for r in rows:
             path = images / f"{r['id']}.png"
