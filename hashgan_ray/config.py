@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from hashgan_ray.losses import MINING
+from hashgan_ray.model.backbones import SMALL_HEADS
 from hashgan_ray.model.attention import STE
 from hashgan_ray.train.methods import METHODS
 
@@ -16,6 +18,7 @@ BACKBONES = ("small", "resnet18", "vgg19")
 ATTENTION = ("both", "image", "text", "none")
 ORACLE = "oracle"        # attention setting: the synthetic data's true masks fixed in place of G
 PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")   # Ray placement group strategies
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass
@@ -37,6 +40,7 @@ class TrainConfig:
                                      # oracle: true masks, no G (synthetic data, data/oracle.py)
     alpha_scale: float = 1.0         # α = alpha_scale/(H·W) (images), alpha_scale/d (text)
     ste: str = "identity"            # threshold gradient: identity (paper) | saturating (attention.py)
+    small_head: str = "maxpool"      # the small backbone's head: maxpool | grid (VGG-shaped)
     text_hidden: int = 8192          # BoW -> 8192 -> 1000 (section 3.2)
     text_features: int = 1000
     # objective and optimisation
@@ -48,6 +52,9 @@ class TrainConfig:
     g_steps: int = 1                 # ... then G steps
     lr_decay_every: int = 20         # epochs; the paper divides the lr by 10 every 20 epochs
     lr_decay: float = 0.1
+    lr_schedule: str = "step"        # step: the paper's; cosine: from lr to 0 over `epochs`
+    mining: str = "all"              # which triplets count (losses.py); all: the paper's
+    quantization: float = 0.0        # weight of the quantization term (losses.py); paper: none
     # data
     cache_train: bool = True         # decode the train split once into Ray's object store
                                      # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
@@ -79,6 +86,13 @@ class TrainConfig:
             raise ValueError(f"labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
         if self.d_steps < 1 or self.g_steps < 0:
             raise ValueError("d_steps must be >= 1 and g_steps >= 0")
+        for name, value, allowed in (("mining", self.mining, MINING),
+                                     ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+                                     ("small_head", self.small_head, SMALL_HEADS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.quantization < 0:
+            raise ValueError(f"quantization must be >= 0, got {self.quantization}")
         if self.placement_strategy not in PLACEMENT:
             raise ValueError(f"placement_strategy must be one of {PLACEMENT}, "
                              f"got {self.placement_strategy!r}")

@@ -2,11 +2,20 @@
 
 Triplet rule (mined in the batch): for a query i of modality A and items j, k of
 modality B in the same batch, <i, j, k> is a triplet when S(i, j) = 1 and
-S(i, k) = 0, where S = "shares at least one label". Every such triplet of the
-batch is used ("batch-all"); for the intra-modal terms (A = B) the query itself
-is not its own positive. The paper sums over triplets; we average over the
-valid triplets so the loss scale does not grow with the batch (B³ triplets), and
-a batch with no valid triplet contributes 0. Distances are Euclidean, as eq. 5.
+S(i, k) = 0, where S = "shares at least one label"; for the intra-modal terms
+(A = B) the query itself is not its own positive. Distances are Euclidean, as
+eq. 5. The paper sums over every triplet and says no more; which triplets count,
+and how they are weighed, is `mining`:
+
+* "all" (the paper's reading): the mean over every valid triplet of the batch
+  (a mean rather than a sum so the scale does not grow with the batch, B³).
+* "active": the mean over the triplets that still violate the margin. Late in
+  training most triplets are satisfied and a mean over all of them shrinks
+  and turns the few informative ones into noise (Hermans et al., 2017).
+* "hardest": per query, its farthest positive against its nearest negative,
+  averaged over queries that have both (batch-hard).
+
+A batch with no valid triplet contributes 0.
 """
 from __future__ import annotations
 
@@ -25,40 +34,69 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(1e-12).sqrt()
 
 
+MINING = ("all", "active", "hardest")
+
+
 def triplet_ranking_loss(query: torch.Tensor, database: torch.Tensor, sim: torch.Tensor,
-                         margin: float, same_modality: bool = False) -> torch.Tensor:
-    """F_{A->B} (eq. 5): mean over triplets <i, j, k> of
-    max(0, ε + ||H^A_i - H^B_j|| - ||H^A_i - H^B_k||), S(i, j) = 1 > S(i, k) = 0."""
+                         margin: float, same_modality: bool = False,
+                         mining: str = "all") -> torch.Tensor:
+    """F_{A->B} (eq. 5) over triplets <i, j, k> of
+    max(0, ε + ||H^A_i - H^B_j|| - ||H^A_i - H^B_k||), S(i, j) = 1 > S(i, k) = 0,
+    reduced as `mining` says (module docstring)."""
     d = pairwise_distance(query.float(), database.float())               # (B, B)
     pos = sim.clone()
     if same_modality:
         pos.fill_diagonal_(False)
-    valid = pos.unsqueeze(2) & ~sim.unsqueeze(1)                          # (i, j, k)
+    neg = ~sim
+    if mining == "hardest":
+        usable = pos.any(1) & neg.any(1)                                  # (B,)
+        if not usable.any():
+            return d.sum() * 0.0                                          # keeps the graph
+        far_pos = d.masked_fill(~pos, float("-inf")).amax(1)
+        near_neg = d.masked_fill(~neg, float("inf")).amin(1)
+        return torch.relu(margin + far_pos - near_neg)[usable].mean()
+    valid = pos.unsqueeze(2) & neg.unsqueeze(1)                           # (i, j, k)
     if not valid.any():
-        return d.sum() * 0.0                                              # keeps the graph
-    hinge = torch.relu(margin + d.unsqueeze(2) - d.unsqueeze(1))          # (B, B, B)
-    return hinge[valid].mean()
+        return d.sum() * 0.0
+    hinge = torch.relu(margin + d.unsqueeze(2) - d.unsqueeze(1))[valid]   # (triplets,)
+    if mining == "all":
+        return hinge.mean()
+    if mining == "active":
+        active = hinge > 0
+        return hinge[active].mean() if active.any() else hinge.sum() * 0.0
+    raise ValueError(f"mining must be one of {MINING}, got {mining!r}")
+
+
+def quantization_loss(*codes: torch.Tensor) -> torch.Tensor:
+    """mean (|h| - 1)² over the tanh outputs: how far codes are from ±1, which is
+    what the Hamming ranking at test time sees (sign(h)). Not in the paper."""
+    return torch.stack([(c.float().abs() - 1).pow(2).mean() for c in codes]).mean()
 
 
 def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: float, *,
-                   image_attention: bool, text_attention: bool) -> dict[str, torch.Tensor]:
+                   image_attention: bool, text_attention: bool, mining: str = "all",
+                   quantization: float = 0.0) -> dict[str, torch.Tensor]:
     """Each term of the full objective, plus `retrieval` (eq. 4), `adversarial`
-    (eq. 6) and `full` (their sum). Adversarial terms exist only for a modality
-    with attention: without it the unattended features are all zero."""
+    (eq. 6) and `full` (their sum, plus `quantization` times the quantization
+    term when it is > 0). Adversarial terms exist only for a modality with
+    attention: without it the unattended features are all zero."""
     img, txt = codes["img"], codes["txt"]
-    terms = {
-        "t2i": triplet_ranking_loss(txt, img, sim, margin),
-        "i2t": triplet_ranking_loss(img, txt, sim, margin),
-        "i2i": triplet_ranking_loss(img, img, sim, margin, same_modality=True),
-        "t2t": triplet_ranking_loss(txt, txt, sim, margin, same_modality=True),
-    }
+
+    def triplets(q, db, same=False):
+        return triplet_ranking_loss(q, db, sim, margin, same_modality=same, mining=mining)
+
+    terms = {"t2i": triplets(txt, img), "i2t": triplets(img, txt),
+             "i2i": triplets(img, img, True), "t2t": triplets(txt, txt, True)}
     zero = img.sum() * 0.0
     # F_{T->Î}: text queries against unattended image codes; F_{I->T̂} likewise.
-    terms["t2i_adv"] = triplet_ranking_loss(txt, codes["img_un"], sim, margin) if image_attention else zero
-    terms["i2t_adv"] = triplet_ranking_loss(img, codes["txt_un"], sim, margin) if text_attention else zero
+    terms["t2i_adv"] = triplets(txt, codes["img_un"]) if image_attention else zero
+    terms["i2t_adv"] = triplets(img, codes["txt_un"]) if text_attention else zero
     terms["retrieval"] = terms["t2i"] + terms["i2t"] + terms["i2i"] + terms["t2t"]
     terms["adversarial"] = terms["t2i_adv"] + terms["i2t_adv"]
     terms["full"] = terms["retrieval"] + terms["adversarial"]
+    if quantization > 0:
+        terms["quantization"] = quantization_loss(img, txt)
+        terms["full"] = terms["full"] + quantization * terms["quantization"]
     return terms
 
 

@@ -489,3 +489,12 @@ def plot_pr_curves(curves: dict[str, dict], path, title: str | None = None) -> N
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def label_codes(labels: np.ndarray) -> np.ndarray:
+    """Each pair's multi-hot label vector as its code, packed (L bits, zero-padded
+    to whole bytes). Ranked by Hamming distance, these are the label ceiling of
+    benchmarks/quality.py: what learned codes of any length would reach if they
+    were the labels themselves. Not a strict upper bound (a label vector two bits
+    away can share no label), but none of the learned codes here come near it."""
+    return np.packbits(np.asarray(labels) > 0, axis=1)

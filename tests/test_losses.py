@@ -52,3 +52,63 @@ def test_full_objective_sums_the_terms_and_respects_the_ablation():
         "t2i", "i2t", "i2i", "t2t", "t2i_adv", "i2t_adv")))
     image_only = hashgan_losses(codes, sim, 1.0, image_attention=True, text_attention=False)
     assert image_only["i2t_adv"].item() == 0.0 and image_only["t2i_adv"].item() > 0
+
+
+# One query at the origin. Database: positives at distance 1 and 3, negatives at
+# distance 2 and 5; margin 2. The four triplets <p, n>:
+#   (1, 2): 2 + 1 - 2 = 1     (1, 5): 2 + 1 - 5 < 0 -> 0
+#   (3, 2): 2 + 3 - 2 = 3     (3, 5): 2 + 3 - 5 = 0
+MINING_Q = torch.tensor([[0.0, 0.0]])
+MINING_DB = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 5.0]])
+MINING_SIM = torch.tensor([[True, True, False, False]])
+
+
+@pytest.mark.parametrize("mining, expected", [
+    ("all", (1 + 0 + 3 + 0) / 4),        # every valid triplet
+    ("active", (1 + 3) / 2),             # only those that violate the margin
+    ("hardest", 2 + 3 - 2),              # farthest positive (3) vs nearest negative (2)
+])
+def test_mining_rules_hand_computed(mining, expected):
+    loss = triplet_ranking_loss(MINING_Q, MINING_DB, MINING_SIM, 2.0, mining=mining)
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_hardest_mining_skips_queries_without_a_negative():
+    # query 0: positive at 1, negative at 1.5 -> 2 + 1 - 1.5 = 1.5; query 1 shares a
+    # label with every item, so it has no negative and does not count.
+    q = torch.tensor([[0.0, 0.0], [9.0, 9.0]])
+    db = torch.tensor([[1.0, 0.0], [0.0, 1.5]])
+    sim = torch.tensor([[True, False], [True, True]])
+    assert triplet_ranking_loss(q, db, sim, 2.0, mining="hardest").item() == pytest.approx(1.5)
+
+
+def test_active_mining_with_every_triplet_satisfied_is_zero_with_a_graph():
+    q = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    loss = triplet_ranking_loss(q, MINING_DB, MINING_SIM, 0.1, mining="active")
+    # (1, 2): 0.1 + 1 - 2 < 0, (3, 5): 0.1 + 3 - 5 < 0, but (3, 2): 0.1 + 3 - 2 = 1.1
+    assert loss.item() == pytest.approx(1.1)
+    far = triplet_ranking_loss(q, torch.tensor([[1.0, 0.0], [0.0, 9.0]]),
+                               torch.tensor([[True, False]]), 0.1, mining="active")
+    assert far.item() == 0.0
+    far.backward()
+    assert q.grad is not None
+
+
+def test_unknown_mining_is_refused():
+    with pytest.raises(ValueError, match="mining"):
+        triplet_ranking_loss(MINING_Q, MINING_DB, MINING_SIM, 2.0, mining="semi")
+
+
+def test_quantization_term_hand_computed_and_added_to_the_objective():
+    from hashgan_ray.losses import quantization_loss
+
+    # |h| - 1: (-0.5, 0) and (0, -1) -> squares 0.25, 0, 0, 1; mean per tensor 0.125, 0.5
+    a, b = torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, 0.0]])
+    assert quantization_loss(a, b).item() == pytest.approx((0.125 + 0.5) / 2)
+    codes = {"img": a, "img_un": a, "txt": b, "txt_un": b}
+    sim = torch.tensor([[True]])
+    plain = hashgan_losses(codes, sim, 1.0, image_attention=False, text_attention=False)
+    with_q = hashgan_losses(codes, sim, 1.0, image_attention=False, text_attention=False,
+                            quantization=2.0)
+    assert "quantization" not in plain
+    assert with_q["full"].item() == pytest.approx(plain["full"].item() + 2.0 * 0.3125)

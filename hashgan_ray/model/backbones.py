@@ -3,7 +3,10 @@ module D^I (the layers between the maps and the code).
 
     vgg19     conv1_1 .. conv5_4 (+ReLU) -> maps (512, S/16, S/16); head: pool5, fc6, fc7
     resnet18  conv1 .. layer4              -> maps (512, S/32, S/32); head: global avg pool
-    small     4 conv blocks, CPU-sized     -> maps (128, S/8, S/8);   head: global max pool, fc 512
+    small     4 conv blocks, CPU-sized     -> maps (128, S/8, S/8);   head (small_head):
+                maxpool: global max pool, fc 512
+                grid:    max pool 2x2 to an (S/16, S/16) grid (4x4 at 64 px), flatten,
+                         fc 512, fc 512 - VGG's pool5 -> fc6 -> fc7 in small
 
 Pretrained weights are never downloaded: they load from a local file
 (`backbone_weights`) or torchvision's cache, and a clear error says where to put
@@ -20,6 +23,7 @@ from torchvision import models
 
 # torchvision's file names for the ImageNet weights (what its cache holds).
 TORCHVISION_FILES = {"vgg19": "vgg19-dcbb9e9d.pth", "resnet18": "resnet18-f37072fd.pth"}
+SMALL_HEADS = ("maxpool", "grid")
 
 
 def _small_trunk() -> nn.Sequential:
@@ -31,7 +35,26 @@ def _small_trunk() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_image_backbone(name: str, image_size: int) -> tuple[nn.Module, nn.Module, int, int]:
+def _small_head(kind: str, image_size: int) -> nn.Sequential:
+    if kind == "maxpool":
+        # "Is this pattern anywhere": one max over positions. Masking a position
+        # can then only hide the maximum, never remove clutter (attention issue).
+        return nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(1), nn.Linear(128, 512),
+                             nn.ReLU(inplace=True))
+    if kind == "grid":
+        # Like VGG19's pool5 -> fc6 -> fc7: every grid cell has its own fc6 weights,
+        # so a masked position takes its contribution out of the features.
+        side = image_size
+        for _ in range(3):                       # the trunk's three stride-2 convs
+            side = (side + 1) // 2
+        grid = max(1, side // 2)                 # MaxPool2d(2) floors
+        return nn.Sequential(nn.MaxPool2d(2), nn.Flatten(1), nn.Linear(128 * grid * grid, 512),
+                             nn.ReLU(inplace=True), nn.Linear(512, 512), nn.ReLU(inplace=True))
+    raise ValueError(f"small_head must be one of {SMALL_HEADS}, got {kind!r}")
+
+
+def build_image_backbone(name: str, image_size: int,
+                         small_head: str = "maxpool") -> tuple[nn.Module, nn.Module, int, int]:
     """(trunk, head, channels C of the maps, width of the head's output).
 
     trunk: uint8-normalised image (N, 3, S, S) -> maps (N, C, H, W)
@@ -50,11 +73,7 @@ def build_image_backbone(name: str, image_size: int) -> tuple[nn.Module, nn.Modu
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         return trunk, head, 512, 512
     if name == "small":
-        # Global max pool: "is this pattern anywhere", which a flatten+fc head
-        # would have to learn separately for every position.
-        head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(1), nn.Linear(128, 512),
-                             nn.ReLU(inplace=True))
-        return _small_trunk(), head, 128, 512
+        return _small_trunk(), _small_head(small_head, image_size), 128, 512
     raise ValueError(f"unknown backbone {name!r}")
 
 

@@ -25,10 +25,10 @@ class FeatureHashing(nn.Module):
     """E^I, E^T (features) and D^I, D^T (features -> q-bit code in [-1, 1])."""
 
     def __init__(self, *, bits: int, backbone: str, image_size: int, vocab_size: int,
-                 text_hidden: int, text_features: int):
+                 text_hidden: int, text_features: int, small_head: str = "maxpool"):
         super().__init__()
         self.image_trunk, self.image_head, self.channels, width = build_image_backbone(
-            backbone, image_size)
+            backbone, image_size, small_head)
         # BoW -> 8192 -> 1000 (section 3.2)
         self.text_net = nn.Sequential(nn.Linear(vocab_size, text_hidden), nn.ReLU(inplace=True),
                                       nn.Linear(text_hidden, text_features), nn.ReLU(inplace=True))
@@ -84,15 +84,16 @@ class HashGAN(nn.Module):
     def __init__(self, *, bits: int, vocab_size: int, backbone: str = "small",
                  image_size: int = 64, text_hidden: int = 8192, text_features: int = 1000,
                  image_attention: bool = True, text_attention: bool = True, ste: str = "identity",
-                 alpha_scale: float = 1.0):
+                 alpha_scale: float = 1.0, small_head: str = "maxpool"):
         super().__init__()
         self.args = dict(bits=bits, vocab_size=vocab_size, backbone=backbone,
                          image_size=image_size, text_hidden=text_hidden,
                          text_features=text_features, image_attention=image_attention,
-                         text_attention=text_attention, ste=ste, alpha_scale=alpha_scale)
+                         text_attention=text_attention, ste=ste, alpha_scale=alpha_scale,
+                         small_head=small_head)
         self.net = FeatureHashing(bits=bits, backbone=backbone, image_size=image_size,
                                   vocab_size=vocab_size, text_hidden=text_hidden,
-                                  text_features=text_features)
+                                  text_features=text_features, small_head=small_head)
         self.attention = Attention(self.net.channels, text_features, image=image_attention,
                                    text=text_attention, alpha_scale=alpha_scale, ste=ste)
 

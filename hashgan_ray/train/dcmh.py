@@ -46,7 +46,7 @@ from torch import nn
 
 from hashgan_ray.losses import label_similarity, pairwise_nll
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
-from hashgan_ray.train.steps import autocast
+from hashgan_ray.train.steps import autocast, lr_schedulers
 
 GAMMA = 1.0   # quantization weight γ (DCMH, section 4.1)
 ETA = 1.0     # balance weight η (DCMH, section 4.1)
@@ -115,8 +115,7 @@ class DCMHTrainer:
         self.nets = {m: wrap(b) for m, b in self.branches.items()}
         self.optimizers = {m: torch.optim.Adam(b.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
                            for m, b in self.branches.items()}
-        self.schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay)
-                           for o in self.optimizers.values()]
+        self.schedulers = lr_schedulers(self.optimizers.values(), cfg)
         n, bits = len(self.train_ids), model.bits
         # DCMH's start: random F, G and B = sign(F + G); the same on every rank (seeded).
         gen = torch.Generator().manual_seed(cfg.seed)

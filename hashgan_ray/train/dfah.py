@@ -68,7 +68,7 @@ from torch import nn
 from hashgan_ray.losses import label_similarity, pairwise_nll
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
 from hashgan_ray.train.methods import no_all_reduce
-from hashgan_ray.train.steps import autocast, frozen
+from hashgan_ray.train.steps import autocast, frozen, lr_schedulers
 
 # Loss weights and sizes: the abstract gives none. DCMH's γ = 1 for the
 # quantization term; the adversarial term is kept small so that fooling M
@@ -245,8 +245,7 @@ class DFAHTrainer:
         adam = dict(lr=cfg.lr, betas=(cfg.beta1, 0.999))
         self.opt_extractors = torch.optim.Adam([*net.parameters(), *self.fusion.parameters()], **adam)
         self.opt_discriminator = torch.optim.Adam(self.discriminator.parameters(), **adam)
-        self.schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay)
-                           for o in (self.opt_extractors, self.opt_discriminator)]
+        self.schedulers = lr_schedulers((self.opt_extractors, self.opt_discriminator), cfg)
         # Two wrappers, two optimisers: each step forwards once through each.
         self.extractors = wrap(Extractors(net, self.fusion))
         self.critic = wrap(self.discriminator)

@@ -41,6 +41,8 @@ METHODS = {
     "dcmh": ("hashgan_ray.train.dcmh", "DCMHTrainer"),
     "dfah": ("hashgan_ray.train.dfah", "DFAHTrainer"),
     "schgan": ("hashgan_ray.train.schgan", "SCHGANTrainer"),
+    # not a hashing method: the label-supervised yardstick of benchmarks/quality.py
+    "supervised": ("hashgan_ray.train.supervised", "SupervisedTrainer"),
 }
 
 
@@ -59,7 +61,8 @@ def build_model(cfg, meta):
     return HashGAN(bits=cfg.bits, vocab_size=meta.vocab_size, backbone=cfg.backbone,
                    image_size=cfg.image_size or meta.image_size, text_hidden=cfg.text_hidden,
                    text_features=cfg.text_features, image_attention=cfg.image_attention,
-                   text_attention=cfg.text_attention, ste=cfg.ste, alpha_scale=cfg.alpha_scale)
+                   text_attention=cfg.text_attention, ste=cfg.ste, alpha_scale=cfg.alpha_scale,
+                   small_head=cfg.small_head)
 
 
 def single_process(module):

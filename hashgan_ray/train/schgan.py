@@ -89,7 +89,7 @@ from torch import nn
 
 from hashgan_ray.losses import label_similarity, pairwise_distance, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.steps import autocast, build_optimizers, is_g_step
+from hashgan_ray.train.steps import autocast, build_optimizers, is_g_step, lr_schedulers
 
 SAMPLES_PER_QUERY = 4      # K: selections per query and direction
 GENERATOR_HIDDEN = 128     # width of each relevance MLP
@@ -219,8 +219,7 @@ class SCHGANTrainer:
         self.opt_d, _ = build_optimizers(model, cfg.lr, cfg.beta1)     # attention off: no G
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr,
                                       betas=(cfg.beta1, 0.999))
-        self.schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay)
-                           for o in (self.opt_d, self.opt_g)]
+        self.schedulers = lr_schedulers((self.opt_d, self.opt_g), cfg)
         # Two wrappers: discriminator and generator are updated in alternation.
         self.net = wrap(model.net)
         self.gen = wrap(self.generator)
@@ -242,7 +241,8 @@ class SCHGANTrainer:
             picks = sample_picks(selection_log_probs(s, pool), SAMPLES_PER_QUERY)
             dist = pairwise_distance(q, c)                             # (B, B)
             losses[f"d_{name}"] = triplet_ranking_loss(q[labeled], c[labeled],
-                                                       pos[labeled][:, labeled], margin)
+                                                       pos[labeled][:, labeled], margin,
+                                                       mining=self.cfg.mining)
             losses[f"d_{name}_selected"] = selected_triplet_loss(dist, pos, queries, picks, margin)
         total = sum(losses.values())
         self.opt_d.zero_grad(set_to_none=True)

@@ -51,7 +51,8 @@ def autocast(device: torch.device):
 
 
 def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-            margin: float, oracle=None) -> dict[str, float]:
+            margin: float, mining: str = "all", quantization: float = 0.0,
+            oracle=None) -> dict[str, float]:
     """min over E, D of the full objective (eq. 8). `net` is model.net or its DDP wrapper.
     `oracle` (data/oracle.py): the batch's true masks in place of G's."""
     def fixed_masks(maps, feats):
@@ -65,7 +66,8 @@ def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.
     sim = label_similarity(batch["labels"], batch["labels"])
     losses = hashgan_losses(codes, sim, margin,
                             image_attention=model.args["image_attention"] or oracle is not None,
-                            text_attention=model.args["text_attention"] or oracle is not None)
+                            text_attention=model.args["text_attention"] or oracle is not None,
+                            mining=mining, quantization=quantization)
     optimizer.zero_grad(set_to_none=True)
     losses["full"].backward()
     optimizer.step()
@@ -73,7 +75,7 @@ def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.
 
 
 def g_step(model: HashGAN, attention: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-           margin: float) -> dict[str, float]:
+           margin: float, mining: str = "all") -> dict[str, float]:
     """max over G of the adversarial loss (eq. 9). `attention` is model.attention
     or its DDP wrapper."""
     net = model.net
@@ -90,10 +92,10 @@ def g_step(model: HashGAN, attention: nn.Module, batch: dict, optimizer: torch.o
         with frozen(net.image_head, net.image_code, net.text_code):
             if model.args["image_attention"]:                   # F_{T->Î}
                 adversarial = adversarial + triplet_ranking_loss(
-                    q_txt, net.hash_image((1 - z_img) * maps), sim, margin)
+                    q_txt, net.hash_image((1 - z_img) * maps), sim, margin, mining=mining)
             if model.args["text_attention"]:                    # F_{I->T̂}
                 adversarial = adversarial + triplet_ranking_loss(
-                    q_img, net.hash_text((1 - z_txt) * feats), sim, margin)
+                    q_img, net.hash_text((1 - z_txt) * feats), sim, margin, mining=mining)
             optimizer.zero_grad(set_to_none=True)
             (-adversarial).backward()                           # gradient ascent
     optimizer.step()
@@ -110,6 +112,16 @@ def build_optimizers(model: HashGAN, lr: float, beta1: float):
     opt_g = (torch.optim.Adam(model.attention.parameters(), lr=lr, betas=(beta1, 0.999))
              if has_attention(model) else None)
     return opt_ed, opt_g
+
+
+def lr_schedulers(optimizers, cfg) -> list:
+    """One per optimizer (None skipped), stepped once per epoch: the paper's
+    step decay (lr / 10 every 20 epochs), or cosine from lr to 0 over the run."""
+    optimizers = [o for o in optimizers if o is not None]
+    if cfg.lr_schedule == "cosine":
+        return [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(cfg.epochs, 1))
+                for o in optimizers]
+    return [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay) for o in optimizers]
 
 
 def is_g_step(step: int, d_steps: int, g_steps: int) -> bool:
@@ -135,8 +147,7 @@ class HashGANTrainer:
     def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None):
         self.model, self.cfg = model, cfg
         self.opt_ed, self.opt_g = build_optimizers(model, cfg.lr, cfg.beta1)
-        self.schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay)
-                           for o in (self.opt_ed, self.opt_g) if o is not None]
+        self.schedulers = lr_schedulers((self.opt_ed, self.opt_g), cfg)
         # Two wrappers: E+D and G are updated in alternation (module docstring).
         self.net = wrap(model.net)
         self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
@@ -150,11 +161,13 @@ class HashGANTrainer:
         # an epoch is the same number of E/D updates with or without attention,
         # so the Table 4 ablation compares attention, not training length.
         cfg = self.cfg
-        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin, oracle=self.oracle)
+        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin, cfg.mining,
+                        cfg.quantization, oracle=self.oracle)
         self._epoch_steps += 1
         if self.opt_g is not None:
             for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):
-                stats.update(g_step(self.model, self.attention, batch, self.opt_g, cfg.margin))
+                stats.update(g_step(self.model, self.attention, batch, self.opt_g, cfg.margin,
+                                    cfg.mining))
         return stats
 
     def end_epoch(self) -> None:
