@@ -1,23 +1,31 @@
 """Search service load test: text->image, k=10, over 193,734 codes of 64 bits.
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 10] [--connections 1 8 32]
-                                               [--scale-codes 10000000] [--cpus 2]
+                                               [--layouts ingress split] [--scale-codes 0]
 
-On a local Ray (`--cpus`) it deploys, under one Serve instance on 127.0.0.1:
+On a local Ray (`--cpus`, default 2) it deploys, under one Serve instance on 127.0.0.1:
   * the search application (hashgan_ray.serving.app, 1 shard, the paper's text
     network: 1,000-word bag -> 8192 -> 1000 -> 64 bits; untrained weights,
     speed does not depend on them) over an exact index of 193,734 random codes,
+    in each of `--layouts`: ingress (model + index in the HTTP replica, 1 CPU;
+    the default for one shard) and split (ingress 0.25 CPU -> encoder 1 ->
+    shard 0.25),
   * a no-op application: the same FastAPI ingress set-up answering POST
     /v1/search with a constant, without encoder or index (the ceiling of Serve's
     HTTP path here).
+Before Ray starts, the alternative a user would write: one uvicorn process with
+a FastAPI app holding the model and FAISS (a plain `def` endpoint, 1 torch and
+1 FAISS thread like the service's replica).
 A load generator in a second process (an asyncio HTTP/1.1 client on raw
 keep-alive sockets, little CPU per request) sends the same text queries to
 each at 1, 8 and 32 concurrent connections for `--duration` s (after a 3 s
-warm-up) and reports QPS, p50/p99 latency and errors. In the same run: the
-same queries through the model and FAISS in this process (one at a time, and
-in batches of 32). Then the flat index at `--scale-codes` codes: memory and
-per-query latency. Ratios: search/no-op QPS (goal >= 0.8 at 32 connections),
-search/no-op p99 (goal <= 1.5), errors (goal 0).
+warm-up) and reports QPS, p50/p99 latency and errors. Before the load, 50
+queries to each endpoint are checked against the brute-force ranking. In the
+same run: the queries through the model and FAISS in this process. Then the
+flat index at `--scale-codes` codes: memory and per-query latency.
+Goals (issue 16), as ratios to the no-op in the same run: 1 connection p50
+<= 2x; 8 connections QPS >= 0.8x; 32 connections QPS >= 0.9x and p99 <= 1.5x;
+0 errors.
 """
 import argparse
 import asyncio
@@ -253,25 +261,202 @@ def scale(n: int, threads: int) -> None:
 
 # --------------------------------------------------------------------------- #
 
+def items_scale(n: int) -> None:
+    """The items store over a synthetic dataset of n pairs (NUS-WIDE-like: ~8 tags of
+    1,000, ~2 labels of 21, one small embedded image each): start-up, memory, lookups."""
+    from hashgan_ray.data.format import DatasetWriter
+    from hashgan_ray.data.images import encode_png
+    from hashgan_ray.serving.items import ItemStore
+
+    def rss_mb():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 2**20
+
+    rng = np.random.default_rng(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        t0 = time.perf_counter()
+        with DatasetWriter(data, [f"tag{i}" for i in range(VOCAB)], [f"l{i}" for i in range(21)],
+                           rows_per_file=100_000) as w:
+            for i in range(n):
+                w.add(i, rng.choice(VOCAB, rng.integers(3, 14), replace=False),
+                      rng.choice(21, rng.integers(1, 4), replace=False),
+                      image=encode_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+            w.finish(name="items", source="synthetic", image_size=16, n_query=2100,
+                     n_train=10500, seed=0)
+        size = sum(f.stat().st_size for f in data.rglob("*.parquet")) / 2**20
+        print(f"items: wrote {n:,} pairs ({size:.0f} MiB of Parquet) in "
+              f"{time.perf_counter() - t0:.0f} s")
+        before = rss_mb()
+        t0 = time.perf_counter()
+        store = ItemStore([{"path": str(data), "split": "database"}])
+        load_s, grown = time.perf_counter() - t0, rss_mb() - before
+        ids = rng.choice(store.ids, 200, replace=False)
+        t0 = time.perf_counter()
+        for i in ids:
+            store.get(int(i))
+        cold = (time.perf_counter() - t0) / len(ids)
+        t0 = time.perf_counter()
+        for i in ids:
+            store.get(int(i))
+        warm = (time.perf_counter() - t0) / len(ids)
+        t0 = time.perf_counter()
+        for i in ids[:50]:
+            store.image_bytes(int(i))
+        image = (time.perf_counter() - t0) / 50
+        held = (store.ids.nbytes + store.rows.nbytes) / 2**20
+        print(f"items: {len(store):,} indexed items loaded in {load_s:.2f} s; the id map holds "
+              f"{held:.1f} MiB ({(store.ids.nbytes + store.rows.nbytes) / len(store):.0f} B/item), "
+              f"RSS grew {grown:.0f} MiB (with the cached row groups after the lookups: "
+              f"{rss_mb() - before:.0f} MiB); an item: {cold * 1000:.2f} ms from its row group, "
+              f"{warm * 1000:.3f} ms cached; its image bytes {image * 1000:.2f} ms")
+
+
+# --------------------------------------------------------------------------- #
+# The alternative: one uvicorn process (runs as `serve_bench.py --plain ...`)
+# --------------------------------------------------------------------------- #
+
+def plain_main(args) -> None:
+    """FastAPI + the model + FAISS in one uvicorn process, as a user would write it."""
+    import faiss
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+
+    from hashgan_ray.index.store import HashIndex
+    from hashgan_ray.model.checkpoint import load_model
+    from hashgan_ray.model.hashgan import WordListEncoder, pack_codes
+    from hashgan_ray.serving.query import Vocabulary
+
+    torch.set_num_threads(1)                         # as the service's 1-CPU replica
+    faiss.omp_set_num_threads(1)
+    model, config = load_model(args.model)
+    encode_words, vocab = WordListEncoder(model), Vocabulary(config["vocabulary"])
+    index = HashIndex(args.index)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/v1/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.post("/v1/search")
+    def search(body: dict):
+        words, unknown = vocab.lookup(body["text"])
+        D, I = index.search(pack_codes(encode_words([words])), body.get("target", "image"),
+                            body.get("k", 10))
+        return {"results": [{"id": int(i), "distance": int(d)} for d, i in zip(D[0], I[0])],
+                "unknown_words": unknown}
+
+    uvicorn.run(app, host="127.0.0.1", port=args.plain, log_level="warning", access_log=False)
+
+
+def start_plain(model_dir: Path, index_dir: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    from hashgan_ray.ports import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--plain", str(port), "--model",
+                             str(model_dir), "--index", str(index_dir)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the plain uvicorn app did not come up")
+
+
+def check_brute_force(url: str, path: str, bodies: list[dict], expected: list[list[dict]]) -> int:
+    """How many of the answers differ from the brute-force ranking (0 is the goal)."""
+    import httpx
+
+    with httpx.Client(timeout=60) as client:
+        return sum(client.post(url + path, json=b).json()["results"] != e
+                   for b, e in zip(bodies, expected))
+
+
+def brute_force(model, index_dir: Path, bodies: list[dict]) -> list[list[dict]]:
+    """Each query's top k by brute-force Hamming distance, ties by database order."""
+    from hashgan_ray.index.store import read_codes
+    from hashgan_ray.metrics import hamming_distances
+    from hashgan_ray.model.hashgan import WordListEncoder, pack_codes
+    from hashgan_ray.serving.query import Vocabulary
+
+    codes, vocab = read_codes(index_dir), Vocabulary([f"tag{i}" for i in range(VOCAB)])
+    queries = pack_codes(WordListEncoder(model)([vocab.lookup(b["text"])[0] for b in bodies]))
+    out = []
+    for q, b in zip(hamming_distances(queries, codes.image), bodies):
+        top = np.argsort(q, kind="stable")[:b["k"]]
+        out.append([{"id": int(codes.ids[i]), "distance": int(q[i])} for i in top])
+    return out
+
+
+def load_all(url: str, path: str, bodies_file: Path, connections: list[int],
+             duration: float) -> dict[int, dict]:
+    return {c: run_load(url, path, bodies_file, c, duration) for c in connections}
+
+
+def report(name: str, rows: dict[int, dict], noop: dict[int, dict], wrong: int) -> None:
+    for c, r in rows.items():
+        n = noop[c]
+        print(f"  {name:8s} {c:3d} conn | {r['qps']:6.0f} q/s  p50 {r['p50_ms']:6.1f}  p99 "
+              f"{r['p99_ms']:6.1f} ms  errors {r['errors']} {r['error_kinds'] or ''}| vs no-op: "
+              f"QPS {r['qps'] / n['qps']:.2f}  p50 {r['p50_ms'] / n['p50_ms']:.2f}  "
+              f"p99 {r['p99_ms'] / n['p99_ms']:.2f}", flush=True)
+    print(f"  {name:8s} answers unlike brute force: {wrong} of 50")
+
+
+def goals(rows: dict[int, dict], noop: dict[int, dict]) -> str:
+    """The issue's goals that this run can judge, each with its ratio."""
+    out = []
+    if 1 in rows:
+        r = rows[1]["p50_ms"] / noop[1]["p50_ms"]
+        out.append(f"1 conn p50 {r:.2f}x (<= 2: {'met' if r <= 2 else 'missed'})")
+    if 8 in rows:
+        r = rows[8]["qps"] / noop[8]["qps"]
+        out.append(f"8 conn QPS {r:.2f}x (>= 0.8: {'met' if r >= 0.8 else 'missed'})")
+    if 32 in rows:
+        q, p = rows[32]["qps"] / noop[32]["qps"], rows[32]["p99_ms"] / noop[32]["p99_ms"]
+        out.append(f"32 conn QPS {q:.2f}x (>= 0.9: {'met' if q >= 0.9 else 'missed'}), "
+                   f"p99 {p:.2f}x (<= 1.5: {'met' if p <= 1.5 else 'missed'})")
+    errors = sum(r["errors"] for r in rows.values())
+    return "; ".join(out + [f"errors {errors}"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--scale-codes", type=int, default=10_000_000, help="0 skips it")
-    parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--layouts", nargs="+", default=["ingress", "split"],
+                        choices=["ingress", "split"])
+    parser.add_argument("--scale-codes", type=int, default=0, help="0 (default) skips it")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--items", type=int, default=0,
+                        help="only measure the items store over this many pairs")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--bodies", help=argparse.SUPPRESS)
     parser.add_argument("--connections-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=3.0, help=argparse.SUPPRESS)
+    parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         return client_main(args)
+    if args.plain:
+        return plain_main(args)
+    if args.items:
+        return items_scale(args.items)
 
     import ray
     from ray import serve
 
-    from hashgan_ray.serving.app import build_app
+    from hashgan_ray.ports import free_port
+    from hashgan_ray.serving.app import application
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -280,46 +465,61 @@ def main() -> None:
         bodies = query_bodies()
         bodies_file = tmp / "bodies.jsonl"
         bodies_file.write_text("\n".join(json.dumps(b) for b in bodies))
-        print(f"{N_CODES:,} codes of {BITS} bits, text->image k=10, {args.cpus} CPUs, "
-              f"{args.duration:.0f} s per measurement (load average {os.getloadavg()[0]:.1f})")
+        expected = brute_force(model, tmp / "index", bodies[:50])
+        print(f"{N_CODES:,} codes of {BITS} bits, text->image k=10, Ray with {args.cpus} CPUs, "
+              f"{args.duration:.0f} s per measurement (load average {os.getloadavg()[0]:.1f}, "
+              f"{os.cpu_count()} cores)")
 
-        ref = in_process(model, tmp / "index", bodies, args.cpus)
-        print(f"in-process model + FAISS: one at a time {ref['qps']:.0f} q/s "
+        ref = in_process(model, tmp / "index", bodies, 1)
+        print(f"in-process model + FAISS (1 thread): one at a time {ref['qps']:.0f} q/s "
               f"(p50 {ref['p50_ms']:.2f} ms, p99 {ref['p99_ms']:.2f} ms); "
               f"in batches of 32: {ref['batched_qps']:.0f} q/s")
         del model
 
-        port = 8000 + os.getpid() % 1000
+        proc, plain_url = start_plain(tmp / "model", tmp / "index")
+        try:
+            plain_wrong = check_brute_force(plain_url, "/v1/search", bodies[:50], expected)
+            plain = load_all(plain_url, "/v1/search", bodies_file, args.connections, args.duration)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+        measured = {}
         try:
             # No access log line per request, in the proxy (serve.start) and in every
-            # replica of both applications (serve.run): the same for both.
+            # replica of every application (serve.run): the same for all.
             quiet = {"enable_access_log": False, "log_level": "WARNING"}
             serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
-            serve.run(build_app({"checkpoint": str(tmp / "model"), "index": str(tmp / "index")}),
-                      name="hashgan", route_prefix="/", logging_config=quiet)
             serve.run(noop_app(), name="noop", route_prefix="/noop", logging_config=quiet)
-            rows = []
-            for c in args.connections:
-                noop = run_load(url, "/noop/v1/search", bodies_file, c, args.duration)
-                search = run_load(url, "/v1/search", bodies_file, c, args.duration)
-                rows.append((c, noop, search))
-                print(f"{c:3d} connections | no-op {noop['qps']:6.0f} q/s p50 {noop['p50_ms']:6.1f} "
-                      f"p99 {noop['p99_ms']:6.1f} ms err {noop['errors']} | search "
-                      f"{search['qps']:6.0f} q/s p50 {search['p50_ms']:6.1f} p99 "
-                      f"{search['p99_ms']:6.1f} ms err {search['errors']} {search['error_kinds']}"
-                      f" | QPS ratio {search['qps'] / noop['qps']:.2f}, p99 ratio "
-                      f"{search['p99_ms'] / noop['p99_ms']:.2f}, vs in-process "
-                      f"{search['qps'] / ref['qps']:.2f}", flush=True)
+            noop = load_all(url, "/noop/v1/search", bodies_file, args.connections, args.duration)
+            for layout in args.layouts:
+                serve.run(application(tmp / "model", tmp / "index", layout=layout), name=layout,
+                          route_prefix=f"/{layout}", logging_config=quiet)
+                wrong = check_brute_force(url, f"/{layout}/v1/search", bodies[:50], expected)
+                measured[layout] = (load_all(url, f"/{layout}/v1/search", bodies_file,
+                                             args.connections, args.duration), wrong)
+                serve.delete(layout)
         finally:
             serve.shutdown()
             ray.shutdown()
-        c, noop, search = rows[-1]
-        print(f"at {c} connections: search/no-op QPS {search['qps'] / noop['qps']:.2f} "
-              f"(goal >= 0.8), p99 {search['p99_ms'] / noop['p99_ms']:.2f} (goal <= 1.5), "
-              f"errors {search['errors']} (goal 0)")
+
+        print("\nno-op Serve endpoint:")
+        for c, n in noop.items():
+            print(f"  no-op    {c:3d} conn | {n['qps']:6.0f} q/s  p50 {n['p50_ms']:6.1f}  p99 "
+                  f"{n['p99_ms']:6.1f} ms  errors {n['errors']}")
+        for layout, (rows, wrong) in measured.items():
+            print(f"\nsearch, layout {layout}:")
+            report(layout, rows, noop, wrong)
+            print(f"  goals: {goals(rows, noop)}")
+            print("  vs the plain uvicorn app: " + ", ".join(
+                f"{c} conn QPS {rows[c]['qps'] / plain[c]['qps']:.2f}x p50 "
+                f"{rows[c]['p50_ms'] / plain[c]['p50_ms']:.2f}x" for c in rows))
+        print("\nplain uvicorn + FastAPI + model + FAISS, one process:")
+        report("plain", plain, noop, plain_wrong)
     if args.scale_codes:
         scale(args.scale_codes, args.cpus)
 
