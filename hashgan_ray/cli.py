@@ -182,6 +182,8 @@ def cmd_tune(args) -> None:
 def cmd_eval(args) -> None:
     import torch
 
+    from hashgan_ray.config import ORACLE
+    from hashgan_ray.data.oracle import Oracle
     from hashgan_ray.evaluate import (encode_split, plot_attention_masks, pr_curves,
                                       retrieval_map)
     from hashgan_ray.metrics import plot_pr_curves
@@ -189,8 +191,10 @@ def cmd_eval(args) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, config = load_model(args.checkpoint, device)
-    query = encode_split(model, args.data, "query", device=device)
-    database = encode_split(model, args.data, "database", device=device)
+    # A model trained with the true masks is evaluated with them (data/oracle.py).
+    oracle = Oracle(args.data) if config.get("train", {}).get("attention") == ORACLE else None
+    query = encode_split(model, args.data, "query", device=device, oracle=oracle)
+    database = encode_split(model, args.data, "database", device=device, oracle=oracle)
     result = {**retrieval_map(query, database, top_k=args.top_k), "bits": model.bits,
               "n_query": len(query.ids), "n_database": len(database.ids), "top_k": args.top_k}
     os.makedirs(args.figures, exist_ok=True)

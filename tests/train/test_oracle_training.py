@@ -106,3 +106,28 @@ def test_oracle_setting_is_checked():
         TrainConfig(attention="truth")
     with pytest.raises(ValueError, match="'oracle' applies to method 'hashgan' only"):
         TrainConfig(attention="oracle", method="dcmh")
+
+
+def test_eval_of_an_oracle_model_uses_the_true_masks(synth_data, tmp_path):
+    import json
+
+    from hashgan_ray.cli import main
+    from hashgan_ray.evaluate import retrieval_map
+    from hashgan_ray.model.checkpoint import write_model_files
+
+    cfg = oracle_config(synth_data)
+    meta = read_meta(synth_data)
+    model = build_model(cfg, meta).eval()
+    (tmp_path / "model").mkdir()
+    write_model_files(tmp_path / "model", model, vocabulary=meta.vocabulary,
+                      label_names=meta.label_names, train_config=cfg.to_dict())
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(synth_data),
+                 "--json", str(tmp_path / "eval.json"), "--figures", str(tmp_path / "fig")]) == 0
+    oracle = Oracle(synth_data)
+    query = encode_split(model, synth_data, "query", oracle=oracle)
+    expected = retrieval_map(query, encode_split(model, synth_data, "database", oracle=oracle))
+    # the true masks change the codes, so the comparison below tells the two apart
+    assert not np.array_equal(query.text_codes,
+                              encode_split(model, synth_data, "query").text_codes)
+    got = json.loads((tmp_path / "eval.json").read_text())
+    assert (got["map_i2t"], got["map_t2i"]) == (expected["map_i2t"], expected["map_t2i"])
