@@ -4,7 +4,8 @@ against the real Serve application (layout ingress, linked images, a token).
     .venv/bin/python -m pytest -q tests/serving/test_search_page.py
     HASHGAN_PAGE_SCREENSHOTS=DIR ...    # also saves the page at 1280x800 and 390x844
 
-The browser is never downloaded: .ci/run installs the `chromium` apt package.
+The browser is never downloaded: .ci/run installs the `chromium` apt package
+(tests/support/browser.py).
 """
 import base64
 import os
@@ -14,14 +15,9 @@ import pytest
 
 from helpers import free_port
 from hashgan_ray.data.format import read_meta, read_pairs
+from support.browser import CHROMIUM, launch
 
 httpx = pytest.importorskip("httpx")
-CHROMIUM = Path("/usr/bin/chromium")
-# Start-up flags: no sandbox (root in a container), and nothing that phones home,
-# which stalls start-up on a closed network.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 TOKEN = "page-token-5c1d"
 TITLE = "hashgan-ray search"
 K = 12
@@ -59,9 +55,7 @@ def api(url):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM),
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 800})
+        context = launch(p, tmp_path_factory.mktemp("chromium-profile"))
         yield context
         context.close()
 

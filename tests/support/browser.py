@@ -1,0 +1,20 @@
+"""Debian's chromium under Playwright, as the page tests and the README screenshot use it.
+
+The browser is never downloaded (no `playwright install`): the `chromium` apt
+package, which .ci/run installs when it is missing.
+"""
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+# No sandbox (root in a container), and nothing that phones home: on a closed
+# network those requests stall start-up.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def launch(playwright, profile_dir, width: int = 1280, height: int = 800):
+    """A headless browser context with a fresh profile in `profile_dir`."""
+    return playwright.chromium.launch_persistent_context(
+        str(profile_dir), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": width, "height": height})
