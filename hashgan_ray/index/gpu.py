@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import threading
 
 import faiss
 import numpy as np
@@ -141,12 +142,16 @@ class GpuExactBinaryIndex:
         self.ids = ids
         self.ntotal = flat.ntotal
         self.gpu = faiss.GpuIndexBinaryFlat(_gpu_resources(), flat)
+        # FAISS's GPU indexes and resources are not thread-safe; Serve may call
+        # a replica's search from several threads.
+        self.lock = threading.Lock()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances int32 (nq, k), labels int64 (nq, k)), k <= ntotal."""
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
-        D, rows = search_ties_by_row(self.gpu, queries, k, self.ntotal, GPU_MAX_K,
-                                     self.cpu.search)
+        with self.lock:
+            D, rows = search_ties_by_row(self.gpu, queries, k, self.ntotal, GPU_MAX_K,
+                                         self.cpu.search)
         return D, rows if self.ids is None else self.ids[rows]
 
 
