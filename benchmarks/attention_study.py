@@ -272,7 +272,53 @@ def print_tables(results: list[dict], bits: int) -> None:
                   f"| {fmt_diff(row['diff_t2i'])} | {fmt(row['attended_image'], 2)} "
                   f"| {fmt(row['attended_text'], 2)} |", flush=True)
     print("\nmean ± standard error over seeds; − none: the setting's MAP minus none's, "
-          "same benchmark, seed and epochs")
+          "same benchmark, seed and epochs (I->T / T->I below)")
+    print("\nThe issue's goals:")
+    for line in goal_lines(table):
+        print(line)
+
+
+def beats(diffs: list[float]) -> bool:
+    """The mean gain is at least one standard error above 0."""
+    if len(diffs) < 2:
+        return False
+    m, se = mean_se(diffs)
+    return m > 0 and m >= se
+
+
+def goal_lines(table: list[dict]) -> list[str]:
+    """The issue's goals, judged row by row: on a benchmark where the oracle beats
+    none (>= 1 SE both ways), `both` must beat none by >= 1 SE both ways; on the
+    default, `both` >= none − 1 SE both ways; `both`'s masks end between 10% and
+    97% attended (positions and features)."""
+    lines = []
+    by_key = {row["key"]: row for row in table}
+    for epochs, bench in sorted({row["key"][:2] for row in table},
+                                key=lambda k: (k[0], list(BENCHMARKS).index(k[1]))):
+        oracle = by_key.get((epochs, bench, "oracle", "–"))
+        oracle_wins = oracle is not None and beats(oracle["diff_i2t"]) and beats(oracle["diff_t2i"])
+        lines.append(f"{epochs} epochs, {bench}: oracle − none "
+                     + (f"{fmt_diff(oracle['diff_i2t'])} / {fmt_diff(oracle['diff_t2i'])}: "
+                        f"{'beats' if oracle_wins else 'does not beat'} none by >= 1 SE both ways"
+                        if oracle is not None else "not run"))
+        for row in table:
+            if row["key"][:3] != (epochs, bench, "both"):
+                continue
+            verdicts = []
+            if oracle_wins:
+                ok = beats(row["diff_i2t"]) and beats(row["diff_t2i"])
+                verdicts.append(f"beats none by >= 1 SE both ways: {'yes' if ok else 'no'}")
+            if bench == "default":
+                ok = all(mean_se(d)[0] >= -mean_se(d)[1] for d in (row["diff_i2t"], row["diff_t2i"])
+                         if d)
+                verdicts.append(f">= none − 1 SE both ways: {'yes' if ok else 'no'}")
+            shares = [mean_se(row[k])[0] for k in ("attended_image", "attended_text")]
+            verdicts.append(f"masks {shares[0]:.0%} positions, {shares[1]:.0%} features: "
+                            + ("within 10–97%" if all(0.10 <= v <= 0.97 for v in shares)
+                               else "outside 10–97%"))
+            lines.append(f"  both, {row['key'][3]}: {fmt_diff(row['diff_i2t'])} / "
+                         f"{fmt_diff(row['diff_t2i'])}; " + "; ".join(verdicts))
+    return lines
 
 
 def check_runner(out: Path, runner: str) -> None:

@@ -72,3 +72,37 @@ def test_study_with_ray_runs_its_cells_as_ray_tasks(study, tmp_path, capsys, loc
         assert json.loads((cell / "result.json").read_text())["cell"]["dataset"] == "clutter"
     assert json.loads((out / "data" / "clutter" / "meta.json").read_text())["extra"]["synth"][
         "clutter"] is True
+
+
+def test_goals_are_judged_per_seed_against_none(study):
+    def result(bench, setting, seed, i2t, t2i, ste="identity", image=1.0, text=1.0):
+        return {"cell": {"dataset": bench, "setting": f"hashgan-{setting}", "seed": seed},
+                "config": {"epochs": 12, "ste": ste}, "map_i2t": i2t, "map_t2i": t2i,
+                "attended_image": image, "attended_text": text, "train_seconds": 1.0,
+                "eval_seconds": 1.0}
+
+    results = []
+    for seed, base in enumerate([0.30, 0.32, 0.34]):
+        results += [result("clutter", "none", seed, base, base),
+                    result("clutter", "oracle", seed, base + 0.05 + seed / 100, base + 0.04),
+                    # wins on every seed, masks half open
+                    result("clutter", "both", seed, base + 0.02 + seed / 200, base + 0.01 + seed / 200,
+                           image=0.5, text=0.6),
+                    # wins image->text only, text mask collapsed
+                    result("clutter", "both", seed, base + 0.03, base - 0.01 + seed / 100,
+                           ste="saturating", image=0.5, text=0.05),
+                    result("default", "none", seed, base, base),
+                    result("default", "oracle", seed, base - 0.01 * seed, base),
+                    # loses by less than a standard error on average
+                    result("default", "both", seed, base + (-0.02, 0.01, 0.0)[seed], base,
+                           image=0.9, text=0.9)]
+    lines = study.goal_lines(study.rows(results))
+    assert lines[0].startswith("12 epochs, default: oracle − none -0.010 ± 0.006 / +0.000 ± 0.000")
+    assert lines[0].endswith("does not beat none by >= 1 SE both ways")
+    assert lines[1] == ("  both, identity: -0.003 ± 0.009 / +0.000 ± 0.000; >= none − 1 SE both "
+                        "ways: yes; masks 90% positions, 90% features: within 10–97%")
+    assert lines[2].endswith("beats none by >= 1 SE both ways")
+    assert "both, identity" in lines[3] and "beats none by >= 1 SE both ways: yes" in lines[3]
+    assert "within 10–97%" in lines[3]
+    assert "both, saturating" in lines[4] and "both ways: no" in lines[4]
+    assert "5% features: outside 10–97%" in lines[4]
