@@ -17,12 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # suppo
 
 from PIL import Image  # noqa: E402
 
-from support.browser import launch  # noqa: E402
-
-ALL_LOADED = """k => {
-  const imgs = [...document.querySelectorAll('#results img')];
-  return imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0);
-}"""
+from support.browser import ALL_LOADED, launch  # noqa: E402
 
 
 def save_small(png: bytes, path: Path) -> None:

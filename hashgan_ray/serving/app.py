@@ -23,6 +23,7 @@ target, so the encoder and FAISS see matrices rather than single queries.
 """
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -364,12 +365,14 @@ class SearchAPI:
                                   f"(line {e.lineno}, column {e.colno})") from None
 
     async def _parse(self, body, search: bool) -> Query:
-        args = (body, self.vocab, self.image_size, self.limits)
-        if isinstance(body, dict) and any(body.get(f) is not None
-                                          for f in ("image", "image_of", "text_of")):
-            return await asyncio.to_thread(self._with_items, parse_query, *args, search=search,
-                                           bits=self.bits, items=self.items)
-        return parse_query(*args, search=search, bits=self.bits, items=self.items)
+        """Off the event loop where it decodes an image or reads the item store."""
+        parse = functools.partial(parse_query, body, self.vocab, self.image_size, self.limits,
+                                  search=search, bits=self.bits, items=self.items)
+        given = {f for f in ("image", "image_of", "text_of")
+                 if isinstance(body, dict) and body.get(f) is not None}
+        if given & {"image_of", "text_of"}:
+            return await asyncio.to_thread(self._with_items, parse)
+        return await asyncio.to_thread(parse) if given else parse()
 
     def _with_items(self, fn, *args, **kwargs):
         """fn(...) in a worker thread, one at a time against the item store."""

@@ -15,16 +15,12 @@ import pytest
 
 from helpers import free_port
 from hashgan_ray.data.format import read_meta, read_pairs
-from support.browser import CHROMIUM, launch
+from support.browser import ALL_LOADED, CHROMIUM, launch
 
 httpx = pytest.importorskip("httpx")
 TOKEN = "page-token-5c1d"
 TITLE = "hashgan-ray search"
 K = 12
-ALL_LOADED = """k => {
-  const imgs = [...document.querySelectorAll('#results img')];
-  return imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0);
-}"""
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",

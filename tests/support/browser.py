@@ -18,3 +18,9 @@ def launch(playwright, profile_dir, width: int = 1280, height: int = 800):
     return playwright.chromium.launch_persistent_context(
         str(profile_dir), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
         viewport={"width": width, "height": height})
+
+# For page.wait_for_function(ALL_LOADED, arg=k): k result images, all decoded.
+ALL_LOADED = """k => {
+  const imgs = [...document.querySelectorAll('#results img')];
+  return imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0);
+}"""
