@@ -9,9 +9,6 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from hashgan_ray.losses import MINING
-from hashgan_ray.model.backbones import SMALL_HEADS
-from hashgan_ray.model.attention import STE
 from hashgan_ray.train.methods import METHODS
 
 BACKBONES = ("small", "resnet18", "vgg19")
@@ -55,6 +52,7 @@ class TrainConfig:
     lr_schedule: str = "step"        # step: the paper's; cosine: from lr to 0 over `epochs`
     mining: str = "all"              # which triplets count (losses.py); all: the paper's
     quantization: float = 0.0        # weight of the quantization term (losses.py); paper: none
+    balance: float = 0.0             # weight of the bit-balance term (losses.py); paper: none
     # data
     cache_train: bool = True         # decode the train split once into Ray's object store
                                      # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
@@ -69,6 +67,12 @@ class TrainConfig:
     placement_strategy: str = "PACK"  # of the workers' placement group; SPREAD: across nodes
 
     def __post_init__(self):
+        # Imported here, not at the top: every `hashgan-ray` command builds its
+        # parser from this module, and importing torch costs a converter ~1 GB RSS.
+        from hashgan_ray.losses import MINING
+        from hashgan_ray.model.attention import STE
+        from hashgan_ray.model.backbones import SMALL_HEADS
+
         if self.bits <= 0 or self.bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {self.bits}")
         if self.backbone not in BACKBONES:
@@ -91,8 +95,9 @@ class TrainConfig:
                                      ("small_head", self.small_head, SMALL_HEADS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.quantization < 0:
-            raise ValueError(f"quantization must be >= 0, got {self.quantization}")
+        for name in ("quantization", "balance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.placement_strategy not in PLACEMENT:
             raise ValueError(f"placement_strategy must be one of {PLACEMENT}, "
                              f"got {self.placement_strategy!r}")

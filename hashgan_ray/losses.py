@@ -73,13 +73,21 @@ def quantization_loss(*codes: torch.Tensor) -> torch.Tensor:
     return torch.stack([(c.float().abs() - 1).pow(2).mean() for c in codes]).mean()
 
 
+def balance_loss(*codes: torch.Tensor) -> torch.Tensor:
+    """mean over bits of (batch mean of h)²: zero when every bit is +1 for half
+    the batch. Without it a network can satisfy a loss with the same code for
+    every input (measured: the supervised reference's text codes all saturated
+    to one constant code within an epoch). DCMH's balance term, per batch."""
+    return torch.stack([c.float().mean(0).pow(2).mean() for c in codes]).mean()
+
+
 def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: float, *,
                    image_attention: bool, text_attention: bool, mining: str = "all",
-                   quantization: float = 0.0) -> dict[str, torch.Tensor]:
+                   quantization: float = 0.0, balance: float = 0.0) -> dict[str, torch.Tensor]:
     """Each term of the full objective, plus `retrieval` (eq. 4), `adversarial`
-    (eq. 6) and `full` (their sum, plus `quantization` times the quantization
-    term when it is > 0). Adversarial terms exist only for a modality with
-    attention: without it the unattended features are all zero."""
+    (eq. 6) and `full` (their sum, plus the quantization and balance terms
+    times their weights when those are > 0). Adversarial terms exist only for a
+    modality with attention: without it the unattended features are all zero."""
     img, txt = codes["img"], codes["txt"]
 
     def triplets(q, db, same=False):
@@ -97,6 +105,9 @@ def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: fl
     if quantization > 0:
         terms["quantization"] = quantization_loss(img, txt)
         terms["full"] = terms["full"] + quantization * terms["quantization"]
+    if balance > 0:
+        terms["balance"] = balance_loss(img, txt)
+        terms["full"] = terms["full"] + balance * terms["balance"]
     return terms
 
 

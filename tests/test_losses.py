@@ -112,3 +112,18 @@ def test_quantization_term_hand_computed_and_added_to_the_objective():
                             quantization=2.0)
     assert "quantization" not in plain
     assert with_q["full"].item() == pytest.approx(plain["full"].item() + 2.0 * 0.3125)
+
+
+def test_balance_term_hand_computed_and_added_to_the_objective():
+    from hashgan_ray.losses import balance_loss
+
+    # bit means over the batch: a -> (1, 0) -> mean of squares 0.5; b -> (0, 0) -> 0
+    a = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    b = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    assert balance_loss(a, b).item() == pytest.approx(0.25)
+    codes = {"img": a, "img_un": a, "txt": b, "txt_un": b}
+    sim = torch.eye(2, dtype=torch.bool)
+    plain = hashgan_losses(codes, sim, 1.0, image_attention=False, text_attention=False)
+    with_b = hashgan_losses(codes, sim, 1.0, image_attention=False, text_attention=False,
+                            balance=4.0)
+    assert with_b["full"].item() == pytest.approx(plain["full"].item() + 4.0 * 0.25)

@@ -52,7 +52,7 @@ def autocast(device: torch.device):
 
 def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
             margin: float, mining: str = "all", quantization: float = 0.0,
-            oracle=None) -> dict[str, float]:
+            balance: float = 0.0, oracle=None) -> dict[str, float]:
     """min over E, D of the full objective (eq. 8). `net` is model.net or its DDP wrapper.
     `oracle` (data/oracle.py): the batch's true masks in place of G's."""
     def fixed_masks(maps, feats):
@@ -67,7 +67,7 @@ def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.
     losses = hashgan_losses(codes, sim, margin,
                             image_attention=model.args["image_attention"] or oracle is not None,
                             text_attention=model.args["text_attention"] or oracle is not None,
-                            mining=mining, quantization=quantization)
+                            mining=mining, quantization=quantization, balance=balance)
     optimizer.zero_grad(set_to_none=True)
     losses["full"].backward()
     optimizer.step()
@@ -161,8 +161,8 @@ class HashGANTrainer:
         # an epoch is the same number of E/D updates with or without attention,
         # so the Table 4 ablation compares attention, not training length.
         cfg = self.cfg
-        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin, cfg.mining,
-                        cfg.quantization, oracle=self.oracle)
+        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin, mining=cfg.mining,
+                        quantization=cfg.quantization, balance=cfg.balance, oracle=self.oracle)
         self._epoch_steps += 1
         if self.opt_g is not None:
             for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):

@@ -1,0 +1,230 @@
+"""Why are HashGAN's codes weak? One training choice at a time, several seeds each.
+
+    .venv/bin/python benchmarks/quality_sweep.py [--stage both|single|combined] \
+        [--device cuda] [--procs 8] [--epochs 15] [--seeds 0 1 2] [--json OUT.json]
+
+The question, fixed before any cell ran: on the demo's dataset (3,000 synthetic
+pairs, seed 0) and in the demo's budget (15 epochs, 32 bits, a global batch of
+64), which of the training choices that the paper leaves open raise HashGAN's
+whole-database MAP (attention off, so attention does not confound it)?
+
+Stage `single` changes one choice of the demo's configuration per candidate
+(CANDIDATES). Stage `combined` runs the changes that won together
+(`choose_combination`, a rule fixed before the single stage ran; `both` runs the
+two stages in a row, `combined` takes the combination from --combine), with and
+without the paper's attention on top. Every table also shows the label ceiling
+(true labels as codes) and the label-supervised reference
+(train/supervised.py) of the same data, epochs and bits.
+
+Cells run in one process each (plain PyTorch, train/local.py: no Ray), --procs
+at a time, on --device. This is the study's tool, not the demo's path:
+benchmarks/quality.py measures the chosen configuration through Ray Train.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+# The demo's configuration (Makefile, `make demo`) with attention off, in one process:
+# a global batch of 64 as the demo's 2 workers x 32.
+BASE = dict(epochs=15, bits=32, lr=1e-3, batch_size=64, text_hidden=1024, text_features=512,
+            attention="none")
+
+# name -> the one change from BASE. Decided before measuring (the issue's list).
+CANDIDATES = {
+    "base": {},
+    "mining-active": {"mining": "active"},
+    "mining-hardest": {"mining": "hardest"},
+    "margin-4": {"margin": 4.0},
+    "margin-8": {"margin": 8.0},
+    "quantization-0.1": {"quantization": 0.1},
+    "quantization-1": {"quantization": 1.0},
+    "balance-1": {"balance": 1.0},
+    "lr-cosine": {"lr_schedule": "cosine"},
+    "lr-3e-3": {"lr": 3e-3},
+    "lr-3e-4": {"lr": 3e-4},
+    "head-grid": {"small_head": "grid"},
+    "batch-32": {"batch_size": 32},      # what each of the demo's 2 workers mines from
+    "batch-128": {"batch_size": 128},
+    "text-wide": {"text_hidden": 4096, "text_features": 1024},
+}
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    m = statistics.mean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return m, se
+
+
+def fmt(values: list[float]) -> str:
+    m, se = mean_se(values)
+    return f"{m:.3f} ± {se:.3f}"
+
+
+def run_cell(data: str, name: str, overrides: dict, seed: int, device: str,
+             threads: int) -> dict:
+    """Train one cell in this process and measure MAP over the whole database."""
+    import torch
+
+    from hashgan_ray.config import TrainConfig
+    from hashgan_ray.evaluate import encode_arrays
+    from hashgan_ray.metrics import mean_average_precision
+    from hashgan_ray.train.local import load_split, train_in_memory
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(**{**BASE, **overrides, "data": data, "out": "", "seed": seed})
+    started = time.perf_counter()
+    model = train_in_memory(cfg, device=device)
+    train_s = time.perf_counter() - started
+    codes = {}
+    for split in ("query", "database"):
+        arrays = load_split(data, split)
+        img, txt = [], []
+        for s in range(0, len(arrays["id"]), 512):
+            i, t = encode_arrays(model, arrays["image"][s:s + 512], arrays["text"][s:s + 512],
+                                 device)
+            img.append(i)
+            txt.append(t)
+        codes[split] = (np.concatenate(img), np.concatenate(txt), arrays["labels"])
+    (qi, qt, ql), (di, dt, dl) = codes["query"], codes["database"]
+    return {"name": name, "seed": seed, "train_s": train_s,
+            "map_i2t": mean_average_precision(qi, dt, ql, dl),
+            "map_t2i": mean_average_precision(qt, di, ql, dl)}
+
+
+def label_ceiling(data: str, bits: int) -> float:
+    """MAP when each pair's code is its own label vector (metrics.label_codes)."""
+    from hashgan_ray.metrics import label_codes, mean_average_precision
+    from hashgan_ray.train.local import load_split
+
+    q, d = load_split(data, "query"), load_split(data, "database")
+    return mean_average_precision(label_codes(q["labels"]), label_codes(d["labels"]),
+                                  q["labels"], d["labels"])
+
+
+def choose_combination(results: list[dict], cells: dict) -> dict:
+    """The rule fixed before the single stage ran: a change counts when the mean
+    over seeds of (its mean MAP of both directions - the base's, same seed) is
+    more than one standard error above 0; of the changes to the same fields
+    (mining, margin, ...) the one with the largest gain; all of those together."""
+    def per_seed_gain(name):
+        base = {r["seed"]: (r["map_i2t"] + r["map_t2i"]) / 2 for r in results if r["name"] == "base"}
+        return [(r["map_i2t"] + r["map_t2i"]) / 2 - base[r["seed"]]
+                for r in results if r["name"] == name]
+
+    best: dict[tuple, tuple[float, dict]] = {}
+    for name, overrides in cells.items():
+        if name == "base" or overrides.get("method"):
+            continue
+        gains = per_seed_gain(name)
+        m, se = mean_se(gains)
+        group = tuple(sorted(overrides))
+        if m > se and m > best.get(group, (0.0, {}))[0]:
+            best[group] = (m, overrides)
+    combined: dict = {}
+    for _, overrides in best.values():
+        combined.update(overrides)
+    return combined
+
+
+def run_stage(data: str, cells: dict, seeds: list[int], args) -> list[dict]:
+    jobs = [(data, name, overrides, seed, args.device, args.threads)
+            for name, overrides in cells.items() for seed in seeds]
+    results = []
+    with ProcessPoolExecutor(args.procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for f in [pool.submit(run_cell, *job) for job in jobs]:
+            r = f.result()
+            results.append(r)
+            print(f"  {r['name']:<18} seed {r['seed']}  I->T {r['map_i2t']:.3f}  "
+                  f"T->I {r['map_t2i']:.3f}  ({r['train_s']:.0f} s)", flush=True)
+    return results
+
+
+def print_table(title: str, cells: dict, results: list[dict], ceiling: float) -> None:
+    def of(name, key):
+        return [r[key] for r in results if r["name"] == name]
+
+    sup = {k: statistics.mean(of("supervised", k)) for k in ("map_i2t", "map_t2i")}
+    base = {r["seed"]: (r["map_i2t"] + r["map_t2i"]) / 2 for r in results if r["name"] == "base"}
+    print(f"\n{title}; label ceiling {ceiling:.3f}")
+    print("| candidate | change | MAP I->T | MAP T->I | mean − base (per seed) | "
+          "/ceiling I->T, T->I | /supervised I->T, T->I |")
+    print("|---|---|---|---|---|---|---|")
+    for name, overrides in cells.items():
+        i2t, t2i = of(name, "map_i2t"), of(name, "map_t2i")
+        gains = [(r["map_i2t"] + r["map_t2i"]) / 2 - base[r["seed"]]
+                 for r in results if r["name"] == name and r["seed"] in base]
+        print(f"| {name} | {json.dumps(overrides) if overrides else '-'} | {fmt(i2t)} | {fmt(t2i)} "
+              f"| {fmt(gains) if gains else '-'} "
+              f"| {statistics.mean(i2t) / ceiling:.2f}, {statistics.mean(t2i) / ceiling:.2f} "
+              f"| {statistics.mean(i2t) / sup['map_i2t']:.2f}, "
+              f"{statistics.mean(t2i) / sup['map_t2i']:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="dataset directory (default: the demo's, generated)")
+    parser.add_argument("--stage", choices=["single", "combined", "both"], default="both")
+    parser.add_argument("--combine", default="{}",
+                        help="JSON overrides for --stage combined (both: chosen by the rule)")
+    parser.add_argument("--only", nargs="+", help="single stage: these candidates only")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--combined-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--json", help="write every cell's result here")
+    args = parser.parse_args()
+    BASE["epochs"] = args.epochs
+    report: dict = {"base": BASE, "args": vars(args)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            from hashgan_ray.data.synth import generate
+            data = str(Path(tmp) / "data")
+            generate(data, pairs=3000, seed=0)
+        ceiling = label_ceiling(data, BASE["bits"])
+        report["ceiling"] = ceiling
+        combined = json.loads(args.combine)
+
+        def stage(label: str, cells: dict, seeds: list[int]) -> list[dict]:
+            started = time.perf_counter()
+            cells = {**cells, "supervised": {"method": "supervised"}}
+            results = run_stage(data, cells, seeds, args)
+            report[label] = {"cells": cells, "results": results}
+            print_table(f"{label} stage: {len(results)} cells, "
+                        f"{(time.perf_counter() - started) / 60:.1f} min on {args.device}, "
+                        f"{args.epochs} epochs, {BASE['bits']} bits, seeds {seeds}",
+                        cells, results, ceiling)
+            return results
+
+        if args.stage in ("single", "both"):
+            cells = {k: v for k, v in CANDIDATES.items() if not args.only or k in args.only}
+            results = stage("single", cells, args.seeds)
+            if args.stage == "both":
+                combined = choose_combination(results, cells)
+                print(f"\nchosen by the rule: {json.dumps(combined)}", flush=True)
+        if args.stage in ("combined", "both"):
+            # with and without the paper's attention (both modalities) on top
+            stage("combined", {"base": {}, "combined": combined,
+                               "combined+attention": {**combined, "attention": "both"}},
+                  args.combined_seeds)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
