@@ -173,7 +173,7 @@ def _local_cell(cell: Cell, cfg: dict, device: str, threads: int) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(threads)
     return run_cell(cell, TrainConfig.from_dict(cfg), with_pr=False, with_masks=False,
-                    fit=functools.partial(fit_in_memory, device=device))
+                    fit=functools.partial(fit_in_memory, device=device), device=device)
 
 
 def run_locally(cells: list[Cell], base: TrainConfig, out: Path, *, procs: int, device: str,

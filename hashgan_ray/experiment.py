@@ -136,12 +136,14 @@ def _json_curve(values: np.ndarray) -> list:
 def evaluate_cell(model, data, *, with_pr: bool, masks_path: Path | None, oracle=None) -> dict:
     """Whole-database MAP both ways, top-500 MAP, PR curves, the mask figure, and
     the attended share of image positions and text features over the queries.
-    `oracle`: the attention setting 'oracle' encodes with the true masks."""
-    query = encode_split(model, data, "query", oracle=oracle)
-    database = encode_split(model, data, "database", oracle=oracle)
+    `oracle`: the attention setting 'oracle' encodes with the true masks. Runs on
+    the model's device."""
+    device = next(model.parameters()).device
+    query = encode_split(model, data, "query", oracle=oracle, device=device)
+    database = encode_split(model, data, "database", oracle=oracle, device=device)
     top = retrieval_map(query, database, top_k=TOP_K)
     result = {**retrieval_map(query, database), **{f"top{TOP_K}_{k}": v for k, v in top.items()},
-              **attended_share(model, data, "query", oracle=oracle),
+              **attended_share(model, data, "query", oracle=oracle, device=device),
               "n_query": len(query.ids), "n_database": len(database.ids), "pr": None}
     if with_pr:
         result["pr"] = {name: {"precision": _json_curve(c["precision"]),
@@ -152,9 +154,11 @@ def evaluate_cell(model, data, *, with_pr: bool, masks_path: Path | None, oracle
     return result
 
 
-def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, fit=None) -> dict:
-    """Train (unless its model is exported already), evaluate, write result.json.
-    `fit(cfg)` trains and exports RUN_DIR/model; default: Ray Train (train/loop.py)."""
+def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, fit=None,
+             device="cpu") -> dict:
+    """Train (unless its model is exported already), evaluate on `device`, write
+    result.json. `fit(cfg)` trains and exports RUN_DIR/model; default: Ray Train
+    (train/loop.py)."""
     directory = Path(cfg.out).parent
     started = time.perf_counter()
     if not (Path(cfg.out) / "model" / WEIGHTS).is_file():
@@ -163,7 +167,7 @@ def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, f
         fit(cfg)
     trained = time.perf_counter()
     torch.set_num_threads(max(1, int(cfg.workers * cfg.cpus_per_worker)))   # the workers' CPUs, now free
-    model, _ = load_model(Path(cfg.out) / "model")
+    model, _ = load_model(Path(cfg.out) / "model", device)
     result = {"cell": asdict(cell), "config": cfg.to_dict(),
               **evaluate_cell(model, cfg.data, with_pr=with_pr,
                               masks_path=directory / MASKS if with_masks else None,
