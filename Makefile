@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: demo test venv clean report
+.PHONY: demo test venv clean report wheel-test
 
 # constraints.txt: the exact versions tested (pyproject.toml has the ranges).
 $(STAMP): pyproject.toml constraints.txt
@@ -47,6 +47,12 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The wheel in a fresh venv under /tmp, used from outside the checkout (.ci/wheel_test.sh:
+# --version, data synth, a 1-epoch train, index build, the Serve app from serve/config.yaml).
+# WHEEL_TEST_DIR=DIR keeps the venv there for the next run.
+wheel-test:
+	bash .ci/wheel_test.sh
 
 clean:
 	rm -rf $(DEMO) $(REPORT) .pytest_cache
