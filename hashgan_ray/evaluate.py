@@ -18,6 +18,7 @@ import torch
 from hashgan_ray import metrics
 from hashgan_ray.data.format import iter_pairs, read_meta, read_pairs
 from hashgan_ray.data.loading import BatchSpec, decode_batch
+from hashgan_ray.index.gpu import gpu_ranking
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,19 @@ def attended_share(model: HashGAN, data_dir, split: str = "query", *, oracle=Non
 def retrieval_map(query: Encoded, database: Encoded, top_k: int | None = None) -> dict[str, float]:
     """MAP of Hamming ranking: image queries -> texts and text queries -> images."""
     return {
-        "map_i2t": metrics.mean_average_precision(query.image_codes, database.text_codes,
-                                                  query.labels, database.labels, top_k=top_k),
-        "map_t2i": metrics.mean_average_precision(query.text_codes, database.image_codes,
-                                                  query.labels, database.labels, top_k=top_k),
+        "map_i2t": _map(query.image_codes, database.text_codes, query.labels, database.labels, top_k),
+        "map_t2i": _map(query.text_codes, database.image_codes, query.labels, database.labels, top_k),
     }
+
+
+def _map(query_codes, db_codes, query_labels, db_labels, top_k: int | None) -> float:
+    """MAP@top_k from an exact GPU index when FAISS can (index/gpu.py: the same
+    ranking, ties included), else, and for the whole database, from metrics."""
+    ranking = gpu_ranking(query_codes, db_codes, top_k) if top_k and top_k > 0 else None
+    if ranking is None:
+        return metrics.mean_average_precision(query_codes, db_codes, query_labels, db_labels,
+                                              top_k=top_k)
+    return metrics.mean_average_precision_of_ranking(ranking, query_labels, db_labels)
 
 
 def pr_curves(query: Encoded, database: Encoded) -> dict[str, dict]:

@@ -358,17 +358,43 @@ def mean_average_precision(query_codes: np.ndarray, db_codes: np.ndarray,
             keys = _fill_keys(db, q_words[a:b], q_label_words[a:b], s)     # (B, n)
             for i, key_row in enumerate(keys, start=a):
                 head = _top_keys(key_row, cut)
-                rank = np.flatnonzero(_relevant_flags(head, s))   # 0-based, ascending
-                if rank.size:
-                    # the j-th relevant item (1-based) has j hits at rank rank + 1
-                    rank += 1
-                    ap[i - start] = np.divide(hits_so_far[:rank.size], rank).sum() / rank.size
+                ap[i - start] = _average_precision(
+                    np.flatnonzero(_relevant_flags(head, s)), hits_so_far)
         return ap
 
     aps = np.concatenate(_run_ranges(len(q_words), average_precisions))
     log.debug("MAP of %d queries x %d items, %d bits, cut %d: %.4f",
               len(aps), db.n, db.bits, cut, aps.mean())
     return float(aps.mean())
+
+
+def _average_precision(rank: np.ndarray, hits_so_far: np.ndarray) -> float:
+    """AP of one query from the 0-based ranks (ascending) of its relevant items
+    within the cut; hits_so_far = 1, 2, ... (at least as long as rank)."""
+    if not rank.size:
+        return 0.0
+    # the j-th relevant item (1-based) has j hits at rank rank + 1
+    return float(np.divide(hits_so_far[:rank.size], rank + 1).sum() / rank.size)
+
+
+def mean_average_precision_of_ranking(ranking: np.ndarray, query_labels: np.ndarray,
+                                      db_labels: np.ndarray) -> float:
+    """mean_average_precision of a ranking made elsewhere: ranking (nq, cut) int
+    database rows, best first, in the ranking contract's order (an exact FAISS
+    search, e.g. on a GPU: hashgan_ray.index.gpu); the same value as
+    mean_average_precision(..., top_k=cut) for that ranking."""
+    ql, dl = _check_label_pair(query_labels, db_labels)
+    ranking = np.asarray(ranking)
+    if ranking.ndim != 2 or ranking.shape[0] != ql.shape[0] or not ranking.size:
+        raise ValueError(f"ranking must be (n_queries={ql.shape[0]}, cut >= 1), got {ranking.shape}")
+    if ranking.min() < 0 or ranking.max() >= dl.shape[0]:
+        raise ValueError(f"ranking holds rows outside 0..{dl.shape[0] - 1}")
+    q_label_words, db_label_words = _label_words(ql), _label_words(dl)
+    hits_so_far = np.arange(1, ranking.shape[1] + 1, dtype=np.float64)
+    aps = [_average_precision(np.flatnonzero((db_label_words[rows] & words).any(axis=1)),
+                              hits_so_far)
+           for rows, words in zip(ranking, q_label_words)]
+    return float(np.mean(aps))
 
 
 def precision_at_k(query_codes: np.ndarray, db_codes: np.ndarray,

@@ -2,6 +2,7 @@
 
     choose_gpu(requested)        the one place that decides CPU or GPU
     exact_index(index, gpu)      what to search: a GPU copy of an exact index, or itself
+    gpu_ranking(q, db, k, gpu)   the top-k rows from a GPU index, or None (rank on the CPU)
 
 FAISS's GPU build (`pip install 'hashgan-ray[gpu]'`, README "Install") has
 `GpuIndexBinaryFlat`; the CPU build (faiss-cpu, the default) has not. Both
@@ -130,6 +131,17 @@ def flat_index(codes: np.ndarray) -> "faiss.IndexBinaryFlat":
     flat = faiss.IndexBinaryFlat(codes.shape[1] * 8)
     flat.add(codes)
     return flat
+
+
+def gpu_ranking(query_codes: np.ndarray, db_codes: np.ndarray, k: int,
+                gpu: bool | None = None) -> np.ndarray | None:
+    """The k nearest database rows of each query, (nq, min(k, n)) in the ranking
+    contract's order, searched on a GPU when `choose_gpu(gpu)` says so; None
+    otherwise, and the caller ranks as before (the evaluation's numpy metrics)."""
+    if not choose_gpu(gpu):
+        return None
+    index = GpuExactBinaryIndex(flat_index(db_codes))
+    return index.search(query_codes, min(k, index.ntotal))[1]
 
 
 class GpuExactBinaryIndex:

@@ -10,6 +10,8 @@ import logging
 import numpy as np
 import pytest
 
+from hashgan_ray import metrics
+from hashgan_ray.evaluate import _map
 from hashgan_ray.index import gpu
 from hashgan_ray.index.store import HashIndex, recall_at_k, write_index
 
@@ -94,11 +96,40 @@ def test_tie_repair_returns_the_cpu_ranking(nbytes, n, k, max_k):
         assert not fallen_back
 
 
+def labels(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 6)) < 0.25
+
+
+@pytest.mark.parametrize("k", [1, 10, 150, 400])
+def test_map_of_an_exact_faiss_ranking_is_the_metrics_map(k):
+    """The evaluation's GPU path ranks with an exact FAISS index and scores that
+    ranking: with the CPU index's ranking it must give metrics' own MAP@k."""
+    db, queries = codes(400, 1, 6), codes(30, 1, 7)            # 8 bits: ties everywhere
+    db_labels, query_labels = labels(400, 8), labels(30, 9)
+    ranking = gpu.flat_index(db).search(queries, k)[1]
+    assert metrics.mean_average_precision_of_ranking(ranking, query_labels, db_labels) == \
+        pytest.approx(metrics.mean_average_precision(queries, db, query_labels, db_labels,
+                                                     top_k=k), abs=1e-12)
+    with pytest.raises(ValueError, match="rows outside"):
+        metrics.mean_average_precision_of_ranking(ranking + 400, query_labels, db_labels)
+    with pytest.raises(ValueError, match="n_queries=30"):
+        metrics.mean_average_precision_of_ranking(ranking[:5], query_labels, db_labels)
+
+
+@pytest.mark.skipif(gpu.faiss_gpu_build(), reason="checks the faiss-cpu install (the default)")
+def test_without_gpu_faiss_the_evaluation_ranks_with_metrics():
+    db, queries = codes(100, 2, 10), codes(8, 2, 11)
+    assert gpu.gpu_ranking(queries, db, 10) is None
+    assert _map(queries, db, labels(8, 1), labels(100, 2), 10) == metrics.mean_average_precision(
+        queries, db, labels(8, 1), labels(100, 2), top_k=10)
+
+
 @pytest.mark.skipif(gpu.visible_gpus() == 0, reason="needs FAISS with GPU support "
                     "(pip install 'hashgan-ray[gpu]') and a visible GPU")
 def test_gpu_index_equals_the_cpu_index(tmp_path):
-    """On a GPU: every shard of a flat index, and the recall check's exact
-    ranking, on GpuIndexBinaryFlat, equal to the CPU's, ties included."""
+    """On a GPU: every shard of a flat index, the recall check's and the
+    evaluation's exact ranking, on GpuIndexBinaryFlat, equal to the CPU's, ties
+    included."""
     db = codes(20_000, 2, 4)                     # 16 bits: heavy ties at every k
     ids = np.arange(10**6, 10**6 + len(db), dtype=np.int64)[::-1].copy()
 
@@ -122,3 +153,9 @@ def test_gpu_index_equals_the_cpu_index(tmp_path):
             np.testing.assert_array_equal(D, want_D)
             np.testing.assert_array_equal(I, want_I)
     assert recall_at_k(tmp_path / "ix", k=10) == {"image": 1.0, "text": 1.0}
+    # the evaluation's MAP@k from the GPU ranking equals metrics' numpy ranking
+    query_labels, db_labels = labels(300, 12), labels(len(db), 13)
+    for k in (10, 500, 2500):
+        assert np.array_equal(gpu.gpu_ranking(queries, db, k), gpu.flat_index(db).search(queries, k)[1])
+        assert _map(queries, db, query_labels, db_labels, k) == pytest.approx(
+            metrics.mean_average_precision(queries, db, query_labels, db_labels, top_k=k), abs=1e-12)
