@@ -342,6 +342,10 @@ def main(argv=None) -> int:
     base = base_config(args)
     if args.no_ray and base.workers != 1:
         raise SystemExit("--no-ray trains in one process: --workers must be 1")
+    if args.no_ray and args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: this torch sees no CUDA device")
     out = Path(args.study_out).resolve()
     check_runner(out, "plain" if args.no_ray else "ray")
     data = benchmark_data(out, args.benchmarks, args.pairs)

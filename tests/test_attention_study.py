@@ -59,6 +59,10 @@ def test_study_without_ray_runs_resumes_and_keeps_its_runner(study, tmp_path, ca
     assert table_rows(capsys.readouterr().out) == table_rows(first)
     with pytest.raises(SystemExit, match="was run with the plain runner"):
         study.main(argv[:2] + argv[3:])
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: this torch sees no CUDA device"):
+            study.main([*argv, "--device", "cuda"])
 
 
 def test_study_with_ray_runs_its_cells_as_ray_tasks(study, tmp_path, capsys, local_ray):
