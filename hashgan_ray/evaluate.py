@@ -18,7 +18,6 @@ import torch
 from hashgan_ray import metrics
 from hashgan_ray.data.format import iter_pairs, read_meta, read_pairs
 from hashgan_ray.data.loading import BatchSpec, decode_batch
-from hashgan_ray.index.gpu import gpu_ranking
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
 
 log = logging.getLogger(__name__)
@@ -117,7 +116,14 @@ def retrieval_map(query: Encoded, database: Encoded, top_k: int | None = None) -
 def _map(query_codes, db_codes, query_labels, db_labels, top_k: int | None) -> float:
     """MAP@top_k from an exact GPU index when FAISS can (index/gpu.py: the same
     ranking, ties included), else, and for the whole database, from metrics."""
-    ranking = gpu_ranking(query_codes, db_codes, top_k) if top_k and top_k > 0 else None
+    ranking = None
+    if top_k and top_k > 0:
+        try:
+            from hashgan_ray.index.gpu import gpu_ranking
+        except ImportError:     # no FAISS (the plain core on a torch-only GPU machine)
+            gpu_ranking = None
+        if gpu_ranking is not None:
+            ranking = gpu_ranking(query_codes, db_codes, top_k)
     if ranking is None:
         return metrics.mean_average_precision(query_codes, db_codes, query_labels, db_labels,
                                               top_k=top_k)
