@@ -1,7 +1,8 @@
 """Search service load test: text->image, k=10, over 193,734 codes of 64 bits.
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 10] [--connections 1 8 32]
-                                               [--layouts ingress split] [--scale-codes 0]
+                                               [--layouts ingress split] [--scale-codes 10000000]
+    .venv/bin/python benchmarks/serve_bench.py --items 195834     # only the items store
 
 On a local Ray (`--cpus`, default 2) it deploys, under one Serve instance on 127.0.0.1:
   * the search application (hashgan_ray.serving.app, 1 shard, the paper's text
@@ -222,23 +223,25 @@ def in_process(model, index_dir: Path, bodies: list[dict], threads: int) -> dict
             "p99_ms": float(np.percentile(lat, 99)), "batched_qps": batched}
 
 
+def rss_mib() -> float:
+    """This process's resident set size now."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 2**20
+
+
 def scale(n: int, threads: int) -> None:
     """The flat index at n codes: memory and per-query latency."""
     import faiss
 
     from hashgan_ray.index.store import build_faiss, search
 
-    def rss_mb():                                   # resident set size now, MiB
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 2**20
-
     rng = np.random.default_rng(2)
-    before = rss_mb()
+    before = rss_mib()
     codes = rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8)
     t0 = time.perf_counter()
     index, _ = build_faiss("flat", codes, np.arange(n, dtype=np.int64))
     built = time.perf_counter() - t0
     del codes
-    grown = rss_mb() - before
+    grown = rss_mib() - before
     queries = rng.integers(0, 256, (64, BITS // 8), dtype=np.uint8)
     print(f"\nscale: flat index of {n:,} random {BITS}-bit codes, built in {built:.1f} s; "
           f"index = {n * BITS // 8 / 2**20:.0f} MiB codes + {n * 8 / 2**20:.0f} MiB ids; "
@@ -266,10 +269,6 @@ def items_scale(n: int) -> None:
     1,000, ~2 labels of 21, one small embedded image each): start-up, memory, lookups."""
     from hashgan_ray.data.format import DatasetWriter
     from hashgan_ray.data.images import encode_png
-    from hashgan_ray.serving.items import ItemStore
-
-    def rss_mb():
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 2**20
 
     rng = np.random.default_rng(3)
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,29 +285,35 @@ def items_scale(n: int) -> None:
         size = sum(f.stat().st_size for f in data.rglob("*.parquet")) / 2**20
         print(f"items: wrote {n:,} pairs ({size:.0f} MiB of Parquet) in "
               f"{time.perf_counter() - t0:.0f} s")
-        before = rss_mb()
+        # a fresh process, so that its RSS is the store's alone
+        subprocess.run([sys.executable, __file__, "--items-load", str(data)], check=True)
+
+
+def items_load(data: str) -> None:
+    """The items store's start-up, memory and lookups, in this (fresh) process."""
+    import resource
+
+    from hashgan_ray.serving.items import ItemStore
+
+    before = rss_mib()
+    t0 = time.perf_counter()
+    store = ItemStore([{"path": data, "split": "database"}])
+    load_s, after = time.perf_counter() - t0, rss_mib()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # KiB -> MiB
+    rng = np.random.default_rng(4)
+    ids = rng.choice(store.ids, 200, replace=False)
+    timings = []
+    for fn, sample in ((store.get, ids), (store.get, ids), (store.image_bytes, ids[:50])):
         t0 = time.perf_counter()
-        store = ItemStore([{"path": str(data), "split": "database"}])
-        load_s, grown = time.perf_counter() - t0, rss_mb() - before
-        ids = rng.choice(store.ids, 200, replace=False)
-        t0 = time.perf_counter()
-        for i in ids:
-            store.get(int(i))
-        cold = (time.perf_counter() - t0) / len(ids)
-        t0 = time.perf_counter()
-        for i in ids:
-            store.get(int(i))
-        warm = (time.perf_counter() - t0) / len(ids)
-        t0 = time.perf_counter()
-        for i in ids[:50]:
-            store.image_bytes(int(i))
-        image = (time.perf_counter() - t0) / 50
-        held = (store.ids.nbytes + store.rows.nbytes) / 2**20
-        print(f"items: {len(store):,} indexed items loaded in {load_s:.2f} s; the id map holds "
-              f"{held:.1f} MiB ({(store.ids.nbytes + store.rows.nbytes) / len(store):.0f} B/item), "
-              f"RSS grew {grown:.0f} MiB (with the cached row groups after the lookups: "
-              f"{rss_mb() - before:.0f} MiB); an item: {cold * 1000:.2f} ms from its row group, "
-              f"{warm * 1000:.3f} ms cached; its image bytes {image * 1000:.2f} ms")
+        for i in sample:
+            fn(int(i))
+        timings.append((time.perf_counter() - t0) / len(sample) * 1000)
+    held = (store.ids.nbytes + store.rows.nbytes) / 2**20
+    print(f"items: {len(store):,} indexed items loaded in {load_s:.2f} s; the id map holds "
+          f"{held:.1f} MiB ({(store.ids.nbytes + store.rows.nbytes) / len(store):.0f} B/item); "
+          f"RSS {before:.0f} MiB after imports, {after:.0f} MiB loaded (peak {peak:.0f}), "
+          f"{rss_mib():.0f} MiB after 200 lookups; an item {timings[0]:.2f} ms from its row group, "
+          f"{timings[1]:.3f} ms cached; its image bytes {timings[2]:.2f} ms")
 
 
 # --------------------------------------------------------------------------- #
@@ -355,8 +360,11 @@ def start_plain(model_dir: Path, index_dir: Path) -> tuple[subprocess.Popen, str
     from hashgan_ray.ports import free_port
 
     port = free_port()
+    # One OpenMP thread in every thread: FastAPI runs a `def` endpoint in a worker
+    # thread, where torch.set_num_threads(1) of the main thread does not apply.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, __file__, "--plain", str(port), "--model",
-                             str(model_dir), "--index", str(index_dir)])
+                             str(model_dir), "--index", str(index_dir)], env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -432,7 +440,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--layouts", nargs="+", default=["ingress", "split"],
                         choices=["ingress", "split"])
-    parser.add_argument("--scale-codes", type=int, default=0, help="0 (default) skips it")
+    parser.add_argument("--scale-codes", type=int, default=10_000_000, help="0 skips it")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--items", type=int, default=0,
                         help="only measure the items store over this many pairs")
@@ -441,6 +449,7 @@ def main() -> None:
     parser.add_argument("--bodies", help=argparse.SUPPRESS)
     parser.add_argument("--connections-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=3.0, help=argparse.SUPPRESS)
+    parser.add_argument("--items-load", help=argparse.SUPPRESS)
     parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
@@ -451,6 +460,8 @@ def main() -> None:
         return plain_main(args)
     if args.items:
         return items_scale(args.items)
+    if args.items_load:
+        return items_load(args.items_load)
 
     import ray
     from ray import serve
@@ -495,30 +506,33 @@ def main() -> None:
             quiet = {"enable_access_log": False, "log_level": "WARNING"}
             serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
             serve.run(noop_app(), name="noop", route_prefix="/noop", logging_config=quiet)
-            noop = load_all(url, "/noop/v1/search", bodies_file, args.connections, args.duration)
             for layout in args.layouts:
                 serve.run(application(tmp / "model", tmp / "index", layout=layout), name=layout,
                           route_prefix=f"/{layout}", logging_config=quiet)
                 wrong = check_brute_force(url, f"/{layout}/v1/search", bodies[:50], expected)
-                measured[layout] = (load_all(url, f"/{layout}/v1/search", bodies_file,
-                                             args.connections, args.duration), wrong)
+                # the no-op right before the search at each count: both see the same machine
+                noop, rows = {}, {}
+                for c in args.connections:
+                    noop[c] = run_load(url, "/noop/v1/search", bodies_file, c, args.duration)
+                    rows[c] = run_load(url, f"/{layout}/v1/search", bodies_file, c, args.duration)
+                measured[layout] = (noop, rows, wrong)
                 serve.delete(layout)
         finally:
             serve.shutdown()
             ray.shutdown()
 
-        print("\nno-op Serve endpoint:")
-        for c, n in noop.items():
-            print(f"  no-op    {c:3d} conn | {n['qps']:6.0f} q/s  p50 {n['p50_ms']:6.1f}  p99 "
-                  f"{n['p99_ms']:6.1f} ms  errors {n['errors']}")
-        for layout, (rows, wrong) in measured.items():
-            print(f"\nsearch, layout {layout}:")
+        for layout, (noop, rows, wrong) in measured.items():
+            print(f"\nsearch, layout {layout}, each count right after the no-op Serve endpoint:")
+            for c, n in noop.items():
+                print(f"  no-op    {c:3d} conn | {n['qps']:6.0f} q/s  p50 {n['p50_ms']:6.1f}  p99 "
+                      f"{n['p99_ms']:6.1f} ms  errors {n['errors']}")
             report(layout, rows, noop, wrong)
             print(f"  goals: {goals(rows, noop)}")
             print("  vs the plain uvicorn app: " + ", ".join(
                 f"{c} conn QPS {rows[c]['qps'] / plain[c]['qps']:.2f}x p50 "
                 f"{rows[c]['p50_ms'] / plain[c]['p50_ms']:.2f}x" for c in rows))
-        print("\nplain uvicorn + FastAPI + model + FAISS, one process:")
+        print("\nplain uvicorn + FastAPI + model + FAISS, one process (before Ray started; "
+              "vs the last no-op measured):")
         report("plain", plain, noop, plain_wrong)
     if args.scale_codes:
         scale(args.scale_codes, args.cpus)

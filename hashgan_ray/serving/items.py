@@ -68,23 +68,28 @@ class ItemStore:
             self.paths.append(path)
             wanted = rows_of_split(entry["split"]) if entry.get("split", "all") != "all" else None
             for f in files:
-                parquet = pq.ParquetFile(f)
+                # the split column as a dictionary: no string per row while loading
+                parquet = pq.ParquetFile(f, read_dictionary=["split"])
                 sizes = [parquet.metadata.row_group(g).num_rows
                          for g in range(parquet.metadata.num_row_groups)]
                 table = parquet.read(columns=["id", "split"])
                 keep = (np.ones(len(table), bool) if wanted is None else
                         pc.is_in(table.column("split"), pa.array(wanted)).to_numpy(False))
                 ids.append(table.column("id").to_numpy()[keep])
-                rows.append(total + np.flatnonzero(keep).astype(np.int64))
+                rows.append(total + np.flatnonzero(keep))
                 self.files.append(_File(parquet, np.cumsum([0] + sizes), len(self.metas) - 1))
                 total += len(table)
                 file_starts.append(total)
+                del table
         ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
-        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
         order = np.argsort(ids, kind="stable")
         self.ids = ids[order]                                       # (n,) int64, sorted
+        del ids
+        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
         self.rows = rows[order].astype(np.int32 if total < 2**31 else np.int64)
+        del rows, order
         self.file_starts = np.asarray(file_starts, np.int64)        # (files + 1,)
+        pa.default_memory_pool().release_unused()                   # the columns read above
         self._groups: OrderedDict = OrderedDict()                   # (file, group) -> columns
         self.load_s = time.perf_counter() - started
         log.info("items: %d from %d dataset(s) in %.2f s", len(self.ids), len(self.metas),
@@ -105,12 +110,13 @@ class ItemStore:
         g = int(np.searchsorted(starts, row, "right")) - 1
         return f, g, row - int(starts[g])
 
-    def _text_and_labels(self, f: int, g: int) -> dict:
+    def _text_and_labels(self, f: int, g: int) -> pa.Table:
+        """A row group's text and labels, as Arrow (a few bytes per value, unlike lists)."""
         key = (f, g)
         if key in self._groups:
             self._groups.move_to_end(key)
             return self._groups[key]
-        group = self.files[f].parquet.read_row_group(g, columns=["text", "labels"]).to_pydict()
+        group = self.files[f].parquet.read_row_group(g, columns=["text", "labels"])
         self._groups[key] = group
         if len(self._groups) > CACHED_GROUPS:
             self._groups.popitem(last=False)
@@ -120,14 +126,14 @@ class ItemStore:
         f, g, r = self._locate(item_id)
         meta = self.metas[self.files[f].dataset]
         group = self._text_and_labels(f, g)
-        words = list(dict.fromkeys(group["text"][r]))                  # a repeat counts once
-        return Item(item_id, [meta.label_names[i] for i in group["labels"][r]],
+        words = dict.fromkeys(group.column("text")[r].as_py())         # a repeat counts once
+        return Item(item_id, [meta.label_names[i] for i in group.column("labels")[r].as_py()],
                     [meta.vocabulary[i] for i in words])
 
     def word_ids(self, item_id: int) -> list[int]:
         """The item's bag of words as vocabulary ids (a query's `words`)."""
         f, g, r = self._locate(item_id)
-        return list(self._text_and_labels(f, g)["text"][r])
+        return self._text_and_labels(f, g).column("text")[r].as_py()
 
     def image_bytes(self, item_id: int) -> bytes:
         """The item's encoded image: stored in the dataset, or the file it links to."""
