@@ -27,8 +27,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# The largest k FAISS's GPU k-selection takes (GPU_MAX_SELECTION_K in
-# faiss/gpu/utils/DeviceDefs.cuh: 2048 since FAISS 1.7.3).
+# The largest k FAISS's GPU k-selection takes (GPU_MAX_SELECTION_K, 2048 in the CUDA
+# builds; faiss-gpu 1.15.1's library holds the check `k <= 2048`). Beyond it FAISS
+# asserts, so larger searches never reach the GPU.
 GPU_MAX_K = 2048
 FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu")
 _warned: set[str] = set()
