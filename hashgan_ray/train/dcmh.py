@@ -104,7 +104,8 @@ class DCMHTrainer:
 
     uses_unlabeled = False
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None):
+    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
+                 gather=None):
         if train_ids is None:
             raise ValueError("DCMH needs the training ids (its buffers have a row per training pair)")
         self.model, self.cfg = model, cfg

@@ -233,7 +233,8 @@ class DFAHTrainer:
 
     uses_unlabeled = False
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None):
+    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
+                 gather=None):
         if train_ids is None:
             raise ValueError("DFAH needs train_ids: it keeps one binary code per training pair")
         net, bits = model.net, model.bits

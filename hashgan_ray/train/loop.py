@@ -69,6 +69,18 @@ def all_reduce_for(world: int):
     return all_reduce
 
 
+def gather_for(world: int):
+    """`gather` of the trainer interface (train/methods.py): the ranks' tensors
+    concatenated in rank order, differentiable; None for one worker."""
+    if world == 1:
+        return None
+    from torch.distributed.nn.functional import all_gather
+
+    def gather(tensor):
+        return torch.cat(all_gather(tensor), 0)
+    return gather
+
+
 def validate(model, cfg, val_ids, device) -> dict[str, float]:
     """MAP on the query split against a fixed database sample (rank 0 only);
     the oracle setting encodes with the true masks, as it trains."""
@@ -112,7 +124,8 @@ def train_loop_per_worker(config: dict) -> None:
     # The method's trainer wraps each module it updates in its own DDP (see steps.py).
     trainer = trainer_class(cfg.method)(
         model, cfg, wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
-        all_reduce=all_reduce_for(world), train_ids=train_split_ids(cfg.data))
+        all_reduce=all_reduce_for(world), train_ids=train_split_ids(cfg.data),
+        gather=gather_for(world))
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:

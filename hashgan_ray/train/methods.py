@@ -9,7 +9,7 @@ saved in the checkpoint's train_state.pt.
 
 A trainer is plain PyTorch (no Ray) and is built as
 
-    Trainer(model, cfg, wrap=..., all_reduce=..., train_ids=...)
+    Trainer(model, cfg, wrap=..., all_reduce=..., train_ids=..., gather=...)
 
 * `wrap(module)` returns what to run the module's forward through: its DDP
   wrapper under Ray Train, the module itself in a plain loop. Every rank must
@@ -17,6 +17,9 @@ A trainer is plain PyTorch (no Ray) and is built as
 * `all_reduce(tensor)` sums a tensor over the workers in place (a no-op for
   one worker); for updates that need the whole training set.
 * `train_ids` are the sorted dataset ids of the training split.
+* `gather(tensor)` concatenates a tensor over the workers, with gradient back
+  to each worker's own rows (None for one worker): HashGAN mines its triplets
+  in the global batch with it; the other methods take it and ignore it.
 
 and offers
 

@@ -212,7 +212,8 @@ class SCHGANTrainer:
 
     uses_unlabeled = True
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None):
+    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
+                 gather=None):
         self.model, self.cfg = model, cfg
         device = next(model.parameters()).device
         self.generator = Generator(model.bits).to(device)

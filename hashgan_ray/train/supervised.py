@@ -39,7 +39,8 @@ class SupervisedTrainer:
 
     uses_unlabeled = False
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None):
+    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
+                 gather=None):
         self.model, self.cfg = model, cfg
         device = next(model.parameters()).device
         self.head = nn.Linear(model.bits, read_meta(cfg.data).num_labels).to(device)

@@ -1,0 +1,70 @@
+"""HashGAN's triplets over the global batch under DDP (steps.gathered): two gloo
+workers with half a batch each take exactly the step one process takes on the
+whole batch. No Ray: torch.distributed on this machine's loopback."""
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hashgan_ray.data.loading import iter_batches
+from hashgan_ray.model.hashgan import HashGAN
+from hashgan_ray.train.loop import gather_for
+from hashgan_ray.train.steps import build_optimizers, ed_step, g_step
+from helpers import free_port
+
+OBJECTIVE = dict(margin=1.0, balance=1.0)
+
+
+def model_for(vocab: int) -> HashGAN:
+    torch.manual_seed(0)
+    model = HashGAN(bits=16, vocab_size=vocab, text_hidden=32, text_features=16)
+    # eval(): BatchNorm from its running statistics, the same for half and whole batches
+    return model.eval()
+
+
+def step_grads(model, net, attention, batch, gather) -> dict[str, torch.Tensor]:
+    opt_ed, opt_g = build_optimizers(model, 1e-3, 0.5)
+    ed_step(model, net, batch, opt_ed, mining="all", gather=gather, **OBJECTIVE)
+    grads = {f"net.{k}": p.grad.clone() for k, p in model.net.named_parameters()}
+    g_step(model, attention, batch, opt_g, 1.0, gather=gather)
+    grads.update({f"attention.{k}": p.grad.clone() for k, p in model.attention.named_parameters()})
+    return grads
+
+
+def worker(rank: int, port: int, path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        saved = torch.load(path, weights_only=True)
+        half = {k: v.chunk(2)[rank] for k, v in saved["batch"].items()}
+        model = model_for(saved["vocab"])
+        net = torch.nn.parallel.DistributedDataParallel(model.net)
+        attention = torch.nn.parallel.DistributedDataParallel(model.attention)
+        grads = step_grads(model, net, attention, half, gather_for(2))
+        if rank == 0:
+            torch.save(grads, path + ".ddp")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_workers_with_gather_take_the_one_process_step(synth_data, tmp_path):
+    # (Without the gather, the same workers' step differs from the first layer on.)
+    raw = next(iter_batches(synth_data, "train", 16))
+    batch = {k: torch.as_tensor(v) for k, v in raw.items()}
+    vocab = batch["text"].shape[1]
+    path = str(tmp_path / "batch.pt")
+    torch.save({"batch": batch, "vocab": vocab}, path)
+
+    model = model_for(vocab)
+    whole = step_grads(model, model.net, model.attention, batch, gather=None)
+    mp.spawn(worker, args=(free_port(), path), nprocs=2, join=True)
+    ddp = torch.load(path + ".ddp", weights_only=True)
+
+    assert set(ddp) == set(whole) and any(k.startswith("attention.") for k in whole)
+    for name, g in whole.items():
+        assert torch.allclose(ddp[name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_one_worker_gathers_nothing():
+    assert gather_for(1) is None
