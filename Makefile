@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: demo test venv clean report wheel-test
+.PHONY: demo test venv clean report wheel-test scale
 
 # constraints.txt: the exact versions tested (pyproject.toml has the ranges).
 $(STAMP): pyproject.toml constraints.txt
@@ -54,5 +54,13 @@ test: $(STAMP)
 wheel-test:
 	bash .ci/wheel_test.sh
 
+# NUS-WIDE's size end to end (README, "Scale"): write the official layout, convert,
+# train 2 workers, index, evaluate, serve; time and peak RSS per stage. Finished stages
+# are reused on a rerun; SCALE_PAIRS=3000 for a small run.
+SCALE := scale-out
+SCALE_PAIRS ?= 195834
+scale: $(STAMP)
+	$(PY) benchmarks/scale.py --out $(SCALE) --pairs $(SCALE_PAIRS)
+
 clean:
-	rm -rf $(DEMO) $(REPORT) .pytest_cache
+	rm -rf $(DEMO) $(REPORT) $(SCALE) .pytest_cache

@@ -47,6 +47,13 @@ def check_dataset(checkpoint, data_dir) -> dict:
     return config
 
 
+def object_store_budget(spec: BatchSpec, batch_size: int, actors: int) -> int:
+    """Bytes of object store the encode job may fill: 8 decoded batches per
+    encoder actor (uint8 images, float32 word counts and labels), at least 256 MiB."""
+    row = 3 * spec.image_size ** 2 + 4 * (spec.vocab_size + spec.num_labels)
+    return max(256 << 20, 8 * actors * batch_size * row)
+
+
 def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256,
                actors: int | None = None, gpus_per_actor: float | None = None) -> ray.data.Dataset:
     """Ray Dataset of {id, image_code, text_code} batches for `split` (None: all
@@ -75,6 +82,13 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
     # Database order = storage order, so that ties rank as in `hashgan-ray eval`.
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False           # the caller shows one bar
+    # Decoded batches wait in the object store for the encoders. Unbounded, Ray Data
+    # lets decoding run ahead up to its share of the store: 337 MiB of /dev/shm at
+    # 12k pairs, growing with the database (benchmarks/scale.py). A few batches per
+    # actor keep the encoders fed.
+    limits = ds.context.execution_options.resource_limits
+    ds.context.execution_options.resource_limits = limits.copy(
+        object_store_memory=object_store_budget(spec, batch_size, actors))
     log.info("encoding with %d actor(s), %.2f CPU and %.2f GPU each", actors, cpus_per_actor,
              gpus_per_actor)
     return ds.map_batches(

@@ -102,3 +102,19 @@ def test_a_model_of_another_vocabulary_is_refused(synth_data, tmp_path):
     model = write_tiny_model(tmp_path / "model", other)
     with pytest.raises(DataError, match="vocabulary differs"):
         build.check_dataset(model, synth_data)
+
+
+def test_the_encode_job_bounds_what_waits_in_the_object_store(local_ray, synth_data, tiny_model):
+    """Decoded batches queue for the encoders within a budget, not up to Ray Data's
+    share of the store (which let it grow with the database: benchmarks/scale.py)."""
+    from hashgan_ray.data.loading import BatchSpec
+
+    ds = build.encode_job(tiny_model, synth_data, "database", batch_size=64, actors=2)
+    spec = BatchSpec.from_meta(read_meta(synth_data), load_model(tiny_model)[0].args["image_size"])
+    budget = build.object_store_budget(spec, 64, 2)
+    assert ds.context.execution_options.resource_limits.object_store_memory == budget
+    assert budget == 256 << 20                              # the floor, for batches this small
+    big = BatchSpec(image_size=224, vocab_size=1000, num_labels=21)
+    assert build.object_store_budget(big, 256, 4) == 8 * 4 * 256 * (3 * 224 ** 2 + 4 * 1021)
+    ids = np.concatenate([b["id"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
+    assert ids.tolist() == read_pairs(synth_data, "database", columns=["id"]).column("id").to_pylist()
