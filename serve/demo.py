@@ -31,9 +31,13 @@ def wait_up(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
     sys.exit("the service did not come up in time")
 
 
-def labels_of(ids, table, names) -> list[str]:
+def label_sets(ids, table) -> list[set]:
     by_id = dict(zip(table["id"], table["labels"]))
-    return [",".join(names[i] for i in by_id[x]) for x in ids]
+    return [set(by_id[x]) for x in ids]
+
+
+def show(labels: set, names) -> str:
+    return ",".join(names[i] for i in sorted(labels))
 
 
 def main() -> None:
@@ -41,7 +45,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--index", required=True)
     parser.add_argument("--data", required=True, help="dataset: query pairs and labels to show")
-    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
 
     meta = read_meta(args.data)
@@ -62,14 +66,17 @@ def main() -> None:
         t2i = httpx.post(f"{url}/v1/search", json={"text": words, "k": args.k}, timeout=60).json()
         image = base64.b64encode(rows["image"][query]).decode()
         i2t = httpx.post(f"{url}/v1/search", json={"image": image, "k": args.k}, timeout=60).json()
-        print(f"query pair {rows['id'][query]}, labels "
-              f"{labels_of([rows['id'][query]], rows, meta.label_names)[0]}")
+        (query_labels,) = label_sets([rows["id"][query]], rows)
+        print(f"query pair {rows['id'][query]}, labels {show(query_labels, meta.label_names)}")
         for title, answer in ((f"text -> image  ({' '.join(words)})", t2i),
                               ("image -> text  (the pair's image)", i2t)):
             ids = [r["id"] for r in answer["results"]]
-            print(f"{title}: {answer['took_ms']:.1f} ms")
-            for r, labels in zip(answer["results"], labels_of(ids, rows, meta.label_names)):
-                print(f"  id {r['id']:>6}  distance {r['distance']:>2}  labels {labels}")
+            relevant = [bool(labels & query_labels) for labels in label_sets(ids, rows)]
+            print(f"{title}: {answer['took_ms']:.1f} ms, {sum(relevant)} of the top {len(ids)} "
+                  f"share a label with the query")
+            for r, labels, hit in zip(answer["results"], label_sets(ids, rows), relevant):
+                print(f"  {'+' if hit else ' '} id {r['id']:>6}  distance {r['distance']:>2}  "
+                      f"labels {show(labels, meta.label_names)}")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
