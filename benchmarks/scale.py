@@ -551,7 +551,7 @@ def main_run(cfg) -> dict:
              "index10x": out / f"index{cfg.times}x"}
     for d in ("stages", "logs"):
         (out / d).mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(cfg, k) for k in ("pairs", "seed", "epochs", "bits", "cpus", "times")}
+    settings = {k: getattr(cfg, k) for k in ("pairs", "seed", "epochs", "bits", "cpus")}
     settings_file = out / "settings.json"
     if (settings_file.exists() and cfg.redo != "write"
             and json.loads(settings_file.read_text()) != settings):
@@ -563,12 +563,15 @@ def main_run(cfg) -> dict:
     records, reused = {}, set()
     for i, name in enumerate(STAGES):
         done = out / "stages" / f"{name}.json"
-        if done.exists() and i < redo_from:
-            records[name] = json.loads(done.read_text())
+        record = json.loads(done.read_text()) if done.exists() and i < redo_from else None
+        if record is not None and record.get("times", cfg.times) == cfg.times:
+            records[name] = record
             reused.add(name)
         else:
             print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
             records[name] = run_stage(name, cfg, paths, records)
+            if name.endswith("10x"):
+                records[name]["times"] = cfg.times       # another --times redoes these two
             tmp = done.with_suffix(".tmp")
             tmp.write_text(json.dumps(records[name], indent=1))
             os.replace(tmp, done)
