@@ -69,16 +69,35 @@ def all_reduce_for(world: int):
     return all_reduce
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every rank's (n, ...) tensor concatenated in rank order; the gradient of
+    each rank's rows is the sum over ranks of the gradient of its slice (every
+    rank computes the loss of the whole gathered batch). Same n on every rank.
+    Written here because torch.distributed.nn.functional.all_gather warns at
+    every call that it is deprecated (torch 2.14)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows = slice(dist.get_rank() * len(tensor), (dist.get_rank() + 1) * len(tensor))
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
+
+
 def gather_for(world: int):
     """`gather` of the trainer interface (train/methods.py): the ranks' tensors
     concatenated in rank order, differentiable; None for one worker."""
-    if world == 1:
-        return None
-    from torch.distributed.nn.functional import all_gather
-
-    def gather(tensor):
-        return torch.cat(all_gather(tensor), 0)
-    return gather
+    return None if world == 1 else _GatherRows.apply
 
 
 def validate(model, cfg, val_ids, device) -> dict[str, float]:
