@@ -122,6 +122,7 @@ def test_words_find_images_with_labels_and_a_click_finds_texts(page, api, linked
     page.wait_for_function(ALL_LOADED, arg=K)
     texts = api.post("/v1/search", json={"image_of": first, "target": "text", "k": K}).json()
     assert shown_ids(page) == [r["id"] for r in texts["results"]]
+    assert page.locator("#query-image").evaluate("i => i.naturalWidth") > 0   # what was clicked
     assert page.locator("#results li.result.text").count() == K
 
     second = texts["results"][0]["id"]                  # and back: its text finds images

@@ -14,10 +14,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
 
 
 def launch(playwright, profile_dir, width: int = 1280, height: int = 800):
-    """A headless browser context with a fresh profile in `profile_dir`."""
-    return playwright.chromium.launch_persistent_context(
+    """A headless browser context with a fresh profile in `profile_dir`. Time limits
+    of 2 min, not Playwright's 30 s: with those, the page tests' set-up failed in two
+    of three runs on this 2-core machine at a load average of ~20."""
+    context = playwright.chromium.launch_persistent_context(
         str(profile_dir), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-        viewport={"width": width, "height": height})
+        viewport={"width": width, "height": height}, timeout=120_000)
+    context.set_default_timeout(120_000)
+    return context
 
 # For page.wait_for_function(ALL_LOADED, arg=k): k result images, all decoded.
 ALL_LOADED = """k => {

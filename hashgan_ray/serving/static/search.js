@@ -125,10 +125,11 @@ function card(result, target) {
   words.className = "words";
   words.textContent = (result.words || []).join(" ");
   li.append(button, distance, labels, words);
-  if (result.image) loadImage(img, result.image);
-  button.addEventListener("click", () => {
+  const thumbnail = result.image ? loadImage(img, result.image) : Promise.resolve(null);
+  button.addEventListener("click", async () => {
     if (target === "image") {
-      search({ image_of: result.id, target: "text" }, "the image of item " + result.id, null);
+      search({ image_of: result.id, target: "text" }, "the image of item " + result.id,
+             await thumbnail);
     } else {
       search({ text_of: result.id, target: "image" }, "the text of item " + result.id, null);
     }
@@ -137,15 +138,17 @@ function card(result, target) {
 }
 
 async function loadImage(img, path) {
-  // fetch, not <img src>: the request carries the token
+  // fetch, not <img src>: the request carries the token. -> the image (a Blob) or null
   try {
-    const blob = await call(path.replace(/^\//, "") + "?size=320", { headers: headers() });
+    const blob = await call(path + "?size=320", { headers: headers() });
     const url = URL.createObjectURL(blob);
     shownUrls.push(url);
     img.src = url;
+    return blob;
   } catch (e) {
     img.alt = "no image: " + e.message;
     img.classList.add("missing");
+    return null;
   }
 }
 
