@@ -49,7 +49,8 @@ N_CODES, BITS, VOCAB = 193_734, 64, 1000          # NUS-WIDE's database, 1,000 t
 # Load generator (runs in its own process: `serve_bench.py --client ...`)
 # --------------------------------------------------------------------------- #
 
-async def _one_connection(host, port, path, bodies, start, stop, latencies, errors, offset):
+async def _one_connection(host, port, path, bodies, start, stop, latencies, errors, offset,
+                          completed):
     reader = writer = None
     i = offset
     while time.perf_counter() < stop:
@@ -77,6 +78,7 @@ async def _one_connection(host, port, path, bodies, start, stop, latencies, erro
             else:
                 await reader.readexactly(length)
             t1 = time.perf_counter()
+            completed.append(1)
             if t0 >= start:
                 latencies.append(t1 - t0)
                 if status != 200:
@@ -94,15 +96,16 @@ async def _load(url, path, bodies, connections, warmup, duration):
     host, port = url.removeprefix("http://").split(":")
     now = time.perf_counter()
     start, stop = now + warmup, now + warmup + duration
-    latencies, errors = [], []
+    latencies, errors, completed = [], [], []
     await asyncio.gather(*[_one_connection(host, int(port), path.encode(), bodies, start, stop,
-                                           latencies, errors, c * 7)
+                                           latencies, errors, c * 7, completed)
                            for c in range(connections)])
     lat = np.array(latencies) * 1000
     return {"connections": connections, "requests": len(lat), "qps": len(lat) / duration,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-            "errors": len(errors), "error_kinds": sorted(set(map(str, errors)))}
+            "errors": len(errors), "error_kinds": sorted(set(map(str, errors))),
+            "all_requests": len(completed)}                  # warm-up included
 
 
 def client_main(args) -> None:
@@ -402,6 +405,41 @@ def brute_force(model, index_dir: Path, bodies: list[dict]) -> list[list[dict]]:
     return out
 
 
+def serve_cpu_s(app: str) -> dict[str, float]:
+    """CPU seconds used so far by this run's HTTP proxy and by `app`'s replicas
+    (Ray names their processes ray::ProxyActor, ray::ServeReplica:APP:...): among
+    this process's descendants, since another Ray may run on the machine."""
+    import psutil
+
+    out = {"proxy": 0.0, "replicas": 0.0}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = (proc.cmdline() or [""])[0]
+        except psutil.Error:
+            continue
+        kind = ("proxy" if title.startswith("ray::ProxyActor") else
+                "replicas" if title.startswith(f"ray::ServeReplica:{app}:") else None)
+        if kind:
+            try:
+                times = proc.cpu_times()
+                out[kind] += times.user + times.system
+            except psutil.Error:
+                pass
+    return out
+
+
+def measured_load(url: str, app: str, path: str, bodies_file: Path, connections: int,
+                  duration: float) -> dict:
+    """run_load, plus the proxy's and the app's CPU milliseconds per request (over
+    the whole load, warm-up included)."""
+    before = serve_cpu_s(app)
+    result = run_load(url, path, bodies_file, connections, duration)
+    after = serve_cpu_s(app)
+    n = max(result["all_requests"], 1)
+    result.update({f"{k}_cpu_ms": (after[k] - before[k]) * 1000 / n for k in before})
+    return result
+
+
 def load_all(url: str, path: str, bodies_file: Path, connections: list[int],
              duration: float) -> dict[int, dict]:
     return {c: run_load(url, path, bodies_file, c, duration) for c in connections}
@@ -513,8 +551,10 @@ def main() -> None:
                 # the no-op right before the search at each count: both see the same machine
                 noop, rows = {}, {}
                 for c in args.connections:
-                    noop[c] = run_load(url, "/noop/v1/search", bodies_file, c, args.duration)
-                    rows[c] = run_load(url, f"/{layout}/v1/search", bodies_file, c, args.duration)
+                    noop[c] = measured_load(url, "noop", "/noop/v1/search", bodies_file, c,
+                                            args.duration)
+                    rows[c] = measured_load(url, layout, f"/{layout}/v1/search", bodies_file, c,
+                                            args.duration)
                 measured[layout] = (noop, rows, wrong)
                 serve.delete(layout)
         finally:
@@ -527,6 +567,9 @@ def main() -> None:
                 print(f"  no-op    {c:3d} conn | {n['qps']:6.0f} q/s  p50 {n['p50_ms']:6.1f}  p99 "
                       f"{n['p99_ms']:6.1f} ms  errors {n['errors']}")
             report(layout, rows, noop, wrong)
+            print("  CPU ms per request (proxy + replicas), no-op vs search: " + ", ".join(
+                f"{c} conn {noop[c]['proxy_cpu_ms']:.1f} + {noop[c]['replicas_cpu_ms']:.1f} vs "
+                f"{rows[c]['proxy_cpu_ms']:.1f} + {rows[c]['replicas_cpu_ms']:.1f}" for c in rows))
             print(f"  goals: {goals(rows, noop)}")
             print("  vs the plain uvicorn app: " + ", ".join(
                 f"{c} conn QPS {rows[c]['qps'] / plain[c]['qps']:.2f}x p50 "

@@ -133,9 +133,8 @@ class LocalSearch:
 
         from hashgan_ray.index.store import HashIndex
 
-        threads = replica_threads()
-        faiss.omp_set_num_threads(threads)
-        self.encoder = Encoder(checkpoint, threads)
+        self.faiss, self.threads = faiss, replica_threads()
+        self.encoder = Encoder(checkpoint, self.threads)
         self.index = HashIndex(index, bits=bits, checkpoint_fingerprint=checkpoint_fingerprint)
 
     def encode(self, queries: list[Query]) -> np.ndarray:
@@ -149,6 +148,9 @@ class LocalSearch:
         return codes
 
     def __call__(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+        # OpenMP's thread count is per calling thread and this runs in a worker
+        # thread, where FAISS would otherwise get one OpenMP thread per core.
+        self.faiss.omp_set_num_threads(self.threads)
         codes = self.encode(queries)
         found: list = [None] * len(queries)
         for target, rows, k in by_target(queries):
@@ -188,11 +190,12 @@ class IndexShard:
         import faiss
         import ray
 
-        faiss.omp_set_num_threads(replica_threads())
+        self.faiss, self.threads = faiss, replica_threads()
         self.shard = open_shard(index_dir, shard, bits=bits, checkpoint_fingerprint=checkpoint_fingerprint,
                                 gpu=bool(ray.get_gpu_ids()))      # on a GPU when given one (index/gpu.py)
 
     def search(self, codes: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.faiss.omp_set_num_threads(self.threads)     # per thread; Serve calls from a pool
         return self.shard.search(codes, target, k)
 
 
