@@ -24,7 +24,7 @@ runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
 def test_gpu_check_runs_without_ray_and_falls_back_to_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, "-c", RUN_WITHOUT, "--cpu", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CPU FALLBACK" in proc.stdout
     result = json.loads(out.read_text())
