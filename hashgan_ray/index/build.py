@@ -59,8 +59,10 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
     """Ray Dataset of {id, image_code, text_code} batches for `split` (None: all
     rows), in storage order.
 
-    Ray Data fuses the decoding into the encoder actors, so they do all the work.
-    On GPUs (`gpus_per_actor` None: 1 when the cluster has GPUs) there is one
+    Decoding runs in Ray Data tasks ahead of the encoder actors (Ray 2.60 does
+    not fuse them: the execution plan shows TaskPoolMapOperator[decode_batch]
+    -> ActorPoolMapOperator[CodeEncoder]); the decoded batches between them are
+    held to `object_store_budget`. On GPUs (`gpus_per_actor` None: 1 when the cluster has GPUs) there is one
     actor per GPU. On CPUs there is one single-threaded actor per CPU (`actors`
     None), and together they reserve all CPUs but one per node: Ray Data's read
     tasks need a whole CPU each and would otherwise wait for the actors forever
