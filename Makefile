@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: demo test venv clean report wheel-test scale
+.PHONY: demo test venv clean report wheel-test scale browser
 
 # constraints.txt: the exact versions tested (pyproject.toml has the ranges).
 $(STAMP): pyproject.toml constraints.txt
@@ -46,7 +46,15 @@ report: $(STAMP)
 	    --report benchmarks/results/synthetic-report.md --bits 32 --seeds 3 --labeled-fractions 1 \
 	    --epochs $(REPORT_EPOCHS) --val-database 200
 
-test: $(STAMP)
+# The search page's tests drive Debian's chromium through Playwright (the pip package comes
+# with the dev extra); Playwright's own browser download is never used. Installed here when
+# missing, so `make test` sets up everything its tests need (apt-get update only if needed).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	test -x /usr/bin/chromium || $(SUDO) apt-get install -y --no-install-recommends chromium \
+	    || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The wheel in a fresh venv under /tmp, used from outside the checkout (.ci/wheel_test.sh:
