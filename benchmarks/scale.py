@@ -573,7 +573,7 @@ def main_run(cfg) -> dict:
     settings_file.write_text(json.dumps(settings))
     redo_from = STAGES.index(cfg.redo) if cfg.redo else len(STAGES)
     records, reused = {}, set()
-    for i, name in enumerate(STAGES):
+    for i, name in enumerate(STAGES[:STAGES.index(cfg.until) + 1]):
         done = out / "stages" / f"{name}.json"
         record = json.loads(done.read_text()) if done.exists() and i < redo_from else None
         if record is not None and record.get("times", cfg.times) == cfg.times:
@@ -636,6 +636,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="database pairs of the plain-loop baseline")
     parser.add_argument("--times", type=int, default=10,
                         help="copies of the database's codes in index10x/serve10x (default 10)")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
+                        help="stop after this stage (default: run them all)")
     parser.add_argument("--redo", choices=STAGES, default=None,
                         help="run this stage and every later one again")
     main_run(parser.parse_args(argv))

@@ -146,3 +146,15 @@ def test_database_labels_match_the_rows(layout, tmp_path):
     for i, r in enumerate(rows):
         expected[i, r["labels"]] = 1
     assert np.array_equal(labels, expected)
+
+
+def test_until_stops_after_that_stage(tmp_path):
+    out = tmp_path / "scale"
+    argv = [sys.executable, str(REPO / "benchmarks/scale.py"), "--out", str(out), "--pairs", "300",
+            "--until", "convert"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in (out / "stages").glob("*.json") if ".result" not in p.name) == [
+        "convert.json", "write.json"]
+    assert json.loads((out / "scale.json").read_text())["stages"]["convert"]["counts"]["total"] == 300
+    assert not (out / "run").exists()
