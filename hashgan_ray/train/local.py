@@ -8,7 +8,6 @@ of Ray Data's stream) and in having one process.
 """
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -18,8 +17,6 @@ from hashgan_ray.data.format import read_meta
 from hashgan_ray.data.loading import BatchSpec, iter_batches
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.train.methods import build_model, no_all_reduce, single_process, trainer_class
-
-log = logging.getLogger("hashgan_ray.train")
 
 
 def load_split(data_dir, split: str, image_size: int | None = None) -> dict[str, np.ndarray]:

@@ -22,10 +22,11 @@ def test_label_codes_are_the_packed_label_vectors_and_their_map_by_hand():
     # (d=1, relevant): the relevant one ranks first, AP = 1.
     q, d = labels[:1], labels[1:]
     assert mean_average_precision(label_codes(q), label_codes(d), q, d) == pytest.approx(1.0)
-    # Query [0,1,1]: [1,0,0] at d=3 (irrelevant), [1,1,0] at d=2 (relevant) -> AP 1;
-    # query [1,1,0]: [1,0,0] d=1 and [0,1,1] d=2, both relevant -> AP 1.
-    assert mean_average_precision(label_codes(labels), label_codes(labels[::-1]),
-                                  labels, labels[::-1]) == pytest.approx(1.0)
+    # Each row against all three: [1,0,0] ranks itself (d=0), [1,1,0] (d=1, relevant),
+    # [0,1,1] (d=3, irrelevant); [0,1,1] ranks itself, [1,1,0] (d=2), [1,0,0] (d=3,
+    # irrelevant); every row is relevant to [1,1,0]. Relevant items always lead: MAP 1.
+    assert mean_average_precision(label_codes(labels), label_codes(labels),
+                                  labels, labels) == pytest.approx(1.0)
 
 
 def test_supervised_step_trains_the_head_from_text_only(synth_data):
