@@ -89,7 +89,8 @@ from torch import nn
 
 from hashgan_ray.losses import label_similarity, pairwise_distance, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.steps import autocast, build_optimizers, is_g_step, lr_schedulers
+from hashgan_ray.train.steps import (autocast, build_optimizers, gathered, is_g_step,
+                                     lr_schedulers)
 
 SAMPLES_PER_QUERY = 4      # K: selections per query and direction
 GENERATOR_HIDDEN = 128     # width of each relevance MLP
@@ -195,6 +196,22 @@ def batch_masks(batch: dict) -> tuple[torch.Tensor, ...]:
     return labeled, pos, pool, pos.any(1) & pool.any(1)
 
 
+def labelled_triplet_loss(query: torch.Tensor, candidates: torch.Tensor, batch: dict,
+                          margin: float, mining: str, gather=None) -> torch.Tensor:
+    """The triplet term of L_D over the labelled pairs, mined in the global batch
+    under DDP as HashGAN's (steps.gathered); the generator's picks stay per worker."""
+    labeled = batch.get("labeled")
+    if labeled is None:
+        labeled = torch.ones(len(query), dtype=torch.bool, device=query.device)
+    codes, labels = gathered({"q": query, "c": candidates}, batch["labels"], gather)
+    if gather is not None:
+        labeled = gather(labeled.to(torch.uint8))
+    labeled = labeled.bool()
+    sim = label_similarity(labels[labeled], labels[labeled])
+    return triplet_ranking_loss(codes["q"][labeled], codes["c"][labeled], sim, margin,
+                                mining=mining)
+
+
 def relaxed_codes(net: nn.Module, model: HashGAN, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(img, txt) tanh codes (B, bits), float32. `net` is model.net or its wrapper."""
     with autocast(batch["image"].device):
@@ -215,6 +232,7 @@ class SCHGANTrainer:
     def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
                  gather=None):
         self.model, self.cfg = model, cfg
+        self.gather = gather                    # labelled triplets over every worker's batch
         device = next(model.parameters()).device
         self.generator = Generator(model.bits).to(device)
         self.opt_d, _ = build_optimizers(model, cfg.lr, cfg.beta1)     # attention off: no G
@@ -241,9 +259,8 @@ class SCHGANTrainer:
         for name, q, c, s in directions(img, txt, scores):
             picks = sample_picks(selection_log_probs(s, pool), SAMPLES_PER_QUERY)
             dist = pairwise_distance(q, c)                             # (B, B)
-            losses[f"d_{name}"] = triplet_ranking_loss(q[labeled], c[labeled],
-                                                       pos[labeled][:, labeled], margin,
-                                                       mining=self.cfg.mining)
+            losses[f"d_{name}"] = labelled_triplet_loss(q, c, batch, margin, self.cfg.mining,
+                                                        self.gather)
             losses[f"d_{name}_selected"] = selected_triplet_loss(dist, pos, queries, picks, margin)
         total = sum(losses.values())
         self.opt_d.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.loop import gather_for
+from hashgan_ray.train.schgan import labelled_triplet_loss
 from hashgan_ray.train.steps import build_optimizers, ed_step, g_step
 from helpers import free_port
 
@@ -68,3 +69,39 @@ def test_two_workers_with_gather_take_the_one_process_step(synth_data, tmp_path)
 
 def test_one_worker_gathers_nothing():
     assert gather_for(1) is None
+
+
+def schgan_worker(rank: int, port: int, path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        saved = torch.load(path, weights_only=True)
+        half = {k: v.chunk(2)[rank] for k, v in saved.items()}
+        query = half["query"].clone().requires_grad_()
+        loss = labelled_triplet_loss(query, half["candidates"], half, 1.0, "all", gather_for(2))
+        loss.backward()
+        # DDP averages parameter gradients over the 2 ranks: halve to compare rows.
+        torch.save({"loss": loss.detach(), "grad": query.grad / 2}, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_schgan_labelled_triplets_are_mined_over_both_workers(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    batch = {"query": torch.randn(12, 8, generator=gen),
+             "candidates": torch.randn(12, 8, generator=gen),
+             "labels": (torch.rand(12, 5, generator=gen) > 0.6).to(torch.uint8),
+             "labeled": torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)}
+    path = str(tmp_path / "batch.pt")
+    torch.save(batch, path)
+
+    query = batch["query"].clone().requires_grad_()
+    whole = labelled_triplet_loss(query, batch["candidates"], batch, 1.0, "all")
+    whole.backward()
+    mp.spawn(schgan_worker, args=(free_port(), path), nprocs=2, join=True)
+    ranks = [torch.load(f"{path}.{r}", weights_only=True) for r in range(2)]
+
+    assert whole > 0
+    for rank, part in enumerate(ranks):
+        assert torch.allclose(part["loss"], whole.detach())
+        assert torch.allclose(part["grad"], query.grad.chunk(2)[rank], atol=1e-7)
