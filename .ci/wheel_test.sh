@@ -37,7 +37,7 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 shipped = [n for n in names if "cluster_local" in n or n.startswith("tests/")]
 assert not shipped, f"the wheel ships test support: {shipped}"
-for data in ("hashgan_ray/tune_space.yaml", "hashgan_ray/serving/static/index.html"):
+for data in ("hashgan_ray/tuning/space.yaml", "hashgan_ray/serving/static/index.html"):
     assert data in names, f"the wheel lacks {data}"
 assert any(n.endswith("licenses/LICENSE") for n in names), "the wheel lacks LICENSE"
 EOF
@@ -65,7 +65,7 @@ step "--version and where the package comes from"
 import importlib.util, sys
 from pathlib import Path
 import hashgan_ray
-from hashgan_ray.tuning import default_space_path, read_space
+from hashgan_ray.tuning.search import default_space_path, read_space
 repo, package = Path(sys.argv[1]), Path(hashgan_ray.__file__).resolve()
 assert "site-packages" in package.parts and repo not in package.parents, package
 assert importlib.util.find_spec("hashgan_ray.cluster_local") is None, "test support shipped"

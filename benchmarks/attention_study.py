@@ -18,7 +18,7 @@ Training options not given take the demo's values (STUDY_DEFAULTS: text
 1024 -> 512, lr 1e-3, batch 64, 1 worker per cell) and otherwise `train`'s
 defaults; `--alpha-scale`, `--small-head`, `--mining` ... apply to every cell.
 
-Each cell is one cell of the experiment grid (hashgan_ray/experiment.py):
+Each cell is one cell of the experiment grid (hashgan_ray/experiment/grid.py):
 OUT/e<epochs>-<ste>/cells/<benchmark>/<cell>/, trained, evaluated on the whole
 database and finished by its result.json. With Ray (default) the cells run as
 Ray tasks through `run_grid`, each a Ray Train run (it joins RAY_ADDRESS or
@@ -53,9 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hashgan_ray.cli import add_train_arguments, connect_ray, train_config  # noqa: E402
 from hashgan_ray.config import TrainConfig  # noqa: E402
-from hashgan_ray.experiment import (Cell, cells_that_fit, describe, finished_result,  # noqa: E402
-                                    run_cell, run_grid)
-from hashgan_ray.report import mean_se  # noqa: E402
+from hashgan_ray.experiment.grid import Cell, cells_that_fit, describe, finished_result, run_cell, run_grid  # noqa: E402
+from hashgan_ray.experiment.report import mean_se  # noqa: E402
 
 log = logging.getLogger("attention_study")
 
@@ -153,7 +152,8 @@ def _train_split(data: str, image_size):
 def fit_in_memory(cfg: TrainConfig, device: str) -> None:
     """`fit` of experiment.run_cell without Ray: train in this process (the
     train split decoded once per process) and export RUN_DIR/model atomically."""
-    from hashgan_ray.data.format import move_into_place, read_meta, temp_dir_for
+    from hashgan_ray.data.format import read_meta
+    from hashgan_ray.files import move_into_place, temp_dir_for
     from hashgan_ray.model.checkpoint import write_model_files
     from hashgan_ray.train.local import train_in_memory
 

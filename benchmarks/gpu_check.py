@@ -9,11 +9,11 @@ Inputs are random; speed does not depend on them or on the weights.
 Measures, on one GPU (about 2-3 minutes on an H100):
   * VGG19 at 224x224: training step (forward+backward+SGD) and forward
     throughput, images/s, in bf16 autocast against fp32 in the same run;
-  * HashGAN training steps (hashgan_ray.train.steps.HashGANTrainer, its 4:1
+  * HashGAN training steps (hashgan_ray.train.methods.hashgan.HashGANTrainer, its 4:1
     E/D:G schedule, bf16 autocast as in training), samples/s, with the `small`
     backbone at 64 px and with vgg19 at 224 px; the vgg19 figure against the
     bare VGG19 bf16 step (the cost of HashGAN's two players on top);
-  * encoding (hashgan_ray.evaluate.encode_arrays, fp32, host arrays in and
+  * encoding (hashgan_ray.evaluation.evaluate.encode_arrays, fp32, host arrays in and
     packed codes out, as the index build does), pairs/s, and the same under bf16;
   * equality: the same weights and inputs encoded on the CPU and on the GPU
     in fp32 (TF32 off): max |tanh output difference| and packed bits that differ.
@@ -40,9 +40,10 @@ import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hashgan_ray.config import TrainConfig  # noqa: E402
-from hashgan_ray.evaluate import encode_arrays  # noqa: E402
+from hashgan_ray.evaluation.evaluate import encode_arrays  # noqa: E402
 from hashgan_ray.model.hashgan import HashGAN, pack_codes  # noqa: E402
-from hashgan_ray.train.steps import HashGANTrainer, autocast  # noqa: E402
+from hashgan_ray.train.methods.hashgan import HashGANTrainer  # noqa: E402
+from hashgan_ray.train.steps import autocast  # noqa: E402
 
 # Equality tolerance on tanh outputs (fp32, TF32 off on both sides). CPU and GPU
 # sum in different orders: fp32 rounds at 2^-24 ~ 6e-8 relative, and a dot

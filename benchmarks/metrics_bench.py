@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hashgan_ray.metrics import _num_workers, mean_average_precision  # noqa: E402
+from hashgan_ray.evaluation.metrics import _num_workers, mean_average_precision  # noqa: E402
 
 GOAL_S = 5.0
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # support.cluster_local
 
 from support.cluster_local import TRAIN_WORKER, LocalCluster  # noqa: E402
+
 from hashgan_ray.model.checkpoint import max_weight_difference  # noqa: E402
 
 # A custom resource per node; an index shard asks for half of one (two fit on a node).

@@ -16,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # support.browser
 
 from PIL import Image  # noqa: E402
-
 from support.browser import ALL_LOADED, launch  # noqa: E402
 
 

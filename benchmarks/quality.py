@@ -10,7 +10,7 @@ real `hashgan_ray.train.loop.fit` run with `train`'s defaults (and the --set
 overrides), evaluated on the whole database as `hashgan-ray eval` does. Beside
 them, in the same run: the label ceiling (each pair's labels as its code,
 metrics.label_codes), the label-supervised reference (method `supervised`,
-train/supervised.py: same networks, data, epochs) and random codes. Prints
+train/methods/supervised.py: same networks, data, epochs) and random codes. Prints
 MAP mean ± standard error over seeds and each method as a fraction of the
 ceiling and of the supervised reference.
 """
@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from hashgan_ray import metrics  # noqa: E402
 from hashgan_ray.config import TrainConfig  # noqa: E402
 from hashgan_ray.data.synth import generate  # noqa: E402
-from hashgan_ray.evaluate import encode_split, retrieval_map  # noqa: E402
+from hashgan_ray.evaluation import metrics  # noqa: E402
+from hashgan_ray.evaluation.evaluate import encode_split, retrieval_map  # noqa: E402
+from hashgan_ray.experiment.report import mean_se  # noqa: E402
 from hashgan_ray.model.checkpoint import load_model  # noqa: E402
-from hashgan_ray.report import mean_se  # noqa: E402
 
 
 def fmt(values: list[float]) -> str:

@@ -14,7 +14,7 @@ Stage `single` changes one choice of the demo's configuration per candidate
 two stages in a row, `combined` takes the combination from --combine), with and
 without the paper's attention on top. Every table also shows the label ceiling
 (true labels as codes) and the label-supervised reference
-(train/supervised.py) of the same data, epochs and bits.
+(train/methods/supervised.py) of the same data, epochs and bits.
 
 Cells run in one process each (plain PyTorch, train/local.py: no Ray), --procs
 at a time, on --device. This is the study's tool, not the demo's path:
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from hashgan_ray.report import mean_se  # noqa: E402
+from hashgan_ray.experiment.report import mean_se  # noqa: E402
 
 # The demo's configuration (Makefile, `make demo`) with attention off, in one process:
 # a global batch of 64 as the demo's 2 workers x 32.
@@ -96,8 +96,8 @@ def run_cell(data: str, base: dict, name: str, overrides: dict, seed: int, devic
     import torch
 
     from hashgan_ray.config import TrainConfig
-    from hashgan_ray.evaluate import encode_arrays
-    from hashgan_ray.metrics import mean_average_precision
+    from hashgan_ray.evaluation.evaluate import encode_arrays
+    from hashgan_ray.evaluation.metrics import mean_average_precision
     from hashgan_ray.train.local import load_split, train_in_memory
 
     torch.set_num_threads(threads)
@@ -123,7 +123,7 @@ def run_cell(data: str, base: dict, name: str, overrides: dict, seed: int, devic
 
 def label_ceiling(data: str, bits: int) -> float:
     """MAP when each pair's code is its own label vector (metrics.label_codes)."""
-    from hashgan_ray.metrics import label_codes, mean_average_precision
+    from hashgan_ray.evaluation.metrics import label_codes, mean_average_precision
     from hashgan_ray.train.local import load_split
 
     q, d = load_split(data, "query"), load_split(data, "database")

@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 
 STAGES = ("write", "convert", "train", "index", "plain", "eval", "serve", "index10x", "serve10x")
 PY = sys.executable
-CLI = [PY, "-m", "hashgan_ray.cli"]
+CLI = [PY, "-m", "hashgan_ray"]
 SCRIPT = str(Path(__file__).resolve())
 NUSWIDE_PAIRS = 195_834
 MIB = 1 << 20
@@ -212,9 +212,9 @@ def body_plain(args) -> None:
     """pairs/s of a plain loop over the first `sample` database pairs."""
     import torch
 
-    from hashgan_ray.data.loading import BatchSpec, iter_batches
     from hashgan_ray.data.format import read_meta
-    from hashgan_ray.evaluate import encode_arrays
+    from hashgan_ray.data.loading import BatchSpec, iter_batches
+    from hashgan_ray.evaluation.evaluate import encode_arrays
     from hashgan_ray.model.checkpoint import load_model
 
     torch.set_num_threads(args.threads)
@@ -250,7 +250,7 @@ def body_eval(args) -> None:
     """MAP of the query split against the index's database codes; a sample of
     those codes re-encoded here must match them."""
     from hashgan_ray.data.format import read_meta
-    from hashgan_ray.evaluate import Encoded, encode_split, retrieval_map
+    from hashgan_ray.evaluation.evaluate import Encoded, encode_split, retrieval_map
     from hashgan_ray.index import store
     from hashgan_ray.model.checkpoint import load_model
 
@@ -325,7 +325,7 @@ def query_bodies(data_dir, n: int) -> tuple[list[dict], list[dict]]:
 
 def brute_force_top(code_hex: str, db_codes: np.ndarray, ids: np.ndarray, k: int) -> list[dict]:
     """The exact ranking's first k (Hamming distance, ties in database order)."""
-    from hashgan_ray.metrics import hamming_distances
+    from hashgan_ray.evaluation.metrics import hamming_distances
 
     d = hamming_distances(np.frombuffer(bytes.fromhex(code_hex), np.uint8)[None], db_codes)[0]
     order = np.argsort(d, kind="stable")[:k]
@@ -361,10 +361,10 @@ def check_sample(client, url: str, bodies: list[dict], results: list, codes, tar
 
 def stage_serve(cfg, paths, log: Path, index: Path) -> dict:
     import httpx
-    from demo import wait_up                  # serve/demo.py: polls /v1/healthz
+    from demo import wait_up  # serve/demo.py: polls /v1/healthz
 
-    from hashgan_ray.ports import free_port
     from hashgan_ray.index import store
+    from hashgan_ray.ports import free_port
 
     token = base64.b32encode(os.urandom(20)).decode()
     port = free_port()

@@ -391,8 +391,8 @@ def check_brute_force(url: str, path: str, bodies: list[dict], expected: list[li
 
 def brute_force(model, index_dir: Path, bodies: list[dict]) -> list[list[dict]]:
     """Each query's top k by brute-force Hamming distance, ties by database order."""
+    from hashgan_ray.evaluation.metrics import hamming_distances
     from hashgan_ray.index.store import read_codes
-    from hashgan_ray.metrics import hamming_distances
     from hashgan_ray.model.hashgan import WordListEncoder, pack_codes
     from hashgan_ray.serving.query import Vocabulary
 

@@ -27,11 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from hashgan_ray.config import TrainConfig  # noqa: E402
+from hashgan_ray.config import (
+    STE,  # noqa: E402
+    TrainConfig,  # noqa: E402
+)
 from hashgan_ray.data.synth import SynthConfig, generate  # noqa: E402
-from hashgan_ray.model.attention import STE  # noqa: E402
 from hashgan_ray.train.local import load_split, train_in_memory  # noqa: E402
-from hashgan_ray.train.steps import g_step  # noqa: E402
+from hashgan_ray.train.methods.hashgan import g_step  # noqa: E402
 
 EVERY = 15
 

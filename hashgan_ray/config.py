@@ -11,13 +11,18 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from hashgan_ray.train.methods import METHODS
-
 BACKBONES = ("small", "resnet18", "vgg19")
 ATTENTION = ("both", "image", "text", "none")
 ORACLE = "oracle"        # attention setting: the synthetic data's true masks fixed in place of G
 PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")   # Ray placement group strategies
 LR_SCHEDULES = ("step", "cosine")
+# The choices of the fields below, defined here so that this module imports
+# nothing (every command builds its parser from it); the code that implements
+# each imports its tuple from here.
+METHODS = ("hashgan", "dcmh", "dfah", "schgan", "supervised")   # train/methods/ registry
+MINING = ("all", "active", "hardest")        # train/losses.py, triplet_ranking_loss
+STE = ("identity", "saturating")             # model/attention.py, straight-through estimators
+SMALL_HEADS = ("maxpool", "grid")            # model/backbones.py, the small trunk's head
 
 
 @dataclass
@@ -27,7 +32,7 @@ class TrainConfig:
     out: str = ""                    # run directory: Ray Train storage + model/ export
     epochs: int = 15                 # paper: 100 (at lr 2e-4)
     seed: int = 0
-    method: str = "hashgan"          # hashgan (the paper) or a compared method (train/methods.py)
+    method: str = "hashgan"          # hashgan (the paper) or a compared method (train/methods/__init__.py)
     labeled_fraction: float = 1.0    # share of the train split whose labels training may use
     # model
     bits: int = 32
@@ -53,9 +58,9 @@ class TrainConfig:
     lr_decay_every: int = 20         # epochs; the paper divides the lr by 10 every 20 epochs
     lr_decay: float = 0.1
     lr_schedule: str = "step"        # step: the paper's; cosine: from lr to 0 over `epochs`
-    mining: str = "all"              # which triplets count (losses.py); all: the paper's
-    quantization: float = 0.0        # weight of the quantization term (losses.py); paper: none
-    balance: float = 1.0             # weight of the bit-balance term (losses.py); paper: none (0)
+    mining: str = "all"              # which triplets count (train/losses.py); all: the paper's
+    quantization: float = 0.0        # weight of the quantization term (train/losses.py); paper: none
+    balance: float = 1.0             # weight of the bit-balance term (train/losses.py); paper: none (0)
     # data
     cache_train: bool = True         # decode the train split once into Ray's object store
                                      # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
@@ -70,12 +75,6 @@ class TrainConfig:
     placement_strategy: str = "PACK"  # of the workers' placement group; SPREAD: across nodes
 
     def __post_init__(self):
-        # Imported here, not at the top: every `hashgan-ray` command builds its
-        # parser from this module, and importing torch costs a converter ~1 GB RSS.
-        from hashgan_ray.losses import MINING
-        from hashgan_ray.model.attention import STE
-        from hashgan_ray.model.backbones import SMALL_HEADS
-
         if self.bits <= 0 or self.bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {self.bits}")
         if self.backbone not in BACKBONES:
@@ -88,7 +87,7 @@ class TrainConfig:
         if self.ste not in STE:
             raise ValueError(f"ste must be one of {STE}, got {self.ste!r}")
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not 0 < self.labeled_fraction <= 1:
             raise ValueError(f"labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
         if self.d_steps < 1 or self.g_steps < 0:

@@ -13,8 +13,8 @@ import time
 
 import httpx
 
-from hashgan_ray.ports import free_port
 from hashgan_ray.data.format import read_meta, read_pairs
+from hashgan_ray.ports import free_port
 
 
 def wait_up(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -56,7 +56,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "HASHGAN_API_TOKEN"}
-    proc = subprocess.Popen([sys.executable, "-m", "hashgan_ray.cli", "serve", "--checkpoint",
+    proc = subprocess.Popen([sys.executable, "-m", "hashgan_ray", "serve", "--checkpoint",
                              args.checkpoint, "--index", args.index, "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)

@@ -1,9 +1,9 @@
 import os
 
 import pytest
+from helpers import write_tiny_model
 
 from hashgan_ray.data.synth import generate
-from helpers import write_tiny_model
 
 # Ray reads its authentication mode once, when it is imported. Ray 2.60 turns
 # token authentication on for every local ray.init() anyway; saying so before

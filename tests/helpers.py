@@ -27,7 +27,7 @@ def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
     """An exact index of `data_dir`'s database codes, written in-process without
     Ray Data (tests/index covers the Ray Data job) -> out. Its manifest names the
     dataset, so the service shows the items."""
-    from hashgan_ray.evaluate import encode_split
+    from hashgan_ray.evaluation.evaluate import encode_split
     from hashgan_ray.index import store
     from hashgan_ray.model.checkpoint import fingerprint, load_model
 
@@ -47,7 +47,7 @@ def brute(code_hex: str, db_codes, ids) -> list[dict]:
     code (hex, as /v1/encode answers), in the API's result format."""
     import numpy as np
 
-    from hashgan_ray.metrics import hamming_distances
+    from hashgan_ray.evaluation.metrics import hamming_distances
 
     q = np.frombuffer(bytes.fromhex(code_hex), np.uint8)[None]
     d = hamming_distances(q, db_codes)[0]

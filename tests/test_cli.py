@@ -34,7 +34,7 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
 
 
 def test_console_script_and_module_entry_point():
-    exe = [sys.executable, "-m", "hashgan_ray.cli"]
+    exe = [sys.executable, "-m", "hashgan_ray"]
     for sub in (["--help"], ["data", "convert", "--help"]):
         done = subprocess.run(exe + sub, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

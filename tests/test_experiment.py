@@ -3,9 +3,9 @@ import json
 import re
 
 from hashgan_ray.cli import main
-from hashgan_ray.experiment import all_settings, build_grid, method_of, partial_label_settings
-from hashgan_ray.report import fmt
-from hashgan_ray.train.methods import METHODS
+from hashgan_ray.experiment.grid import all_settings, build_grid, method_of, partial_label_settings
+from hashgan_ray.experiment.report import fmt
+from hashgan_ray.config import METHODS
 
 TINY = ["--text-hidden", "32", "--text-features", "16", "--batch-size", "16",
         "--val-database", "40", "--lr", "1e-3", "--epochs", "1"]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hashgan_ray.losses import hashgan_losses, label_similarity, triplet_ranking_loss
+from hashgan_ray.train.losses import hashgan_losses, label_similarity, triplet_ranking_loss
 
 
 def test_label_similarity_is_share_at_least_one_label():
@@ -100,7 +100,7 @@ def test_unknown_mining_is_refused():
 
 
 def test_quantization_term_hand_computed_and_added_to_the_objective():
-    from hashgan_ray.losses import quantization_loss
+    from hashgan_ray.train.losses import quantization_loss
 
     # |h| - 1: (-0.5, 0) and (0, -1) -> squares 0.25, 0, 0, 1; mean per tensor 0.125, 0.5
     a, b = torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, 0.0]])
@@ -115,7 +115,7 @@ def test_quantization_term_hand_computed_and_added_to_the_objective():
 
 
 def test_balance_term_hand_computed_and_added_to_the_objective():
-    from hashgan_ray.losses import balance_loss
+    from hashgan_ray.train.losses import balance_loss
 
     # bit means over the batch: a -> (1, 0) -> mean of squares 0.5; b -> (0, 0) -> 0
     a = torch.tensor([[1.0, 1.0], [1.0, -1.0]])

@@ -1,4 +1,4 @@
-"""hashgan_ray.metrics against deliberately naive references, hand cases, edge cases.
+"""hashgan_ray.evaluation.metrics against deliberately naive references, hand cases, edge cases.
 
 The references unpack bits, loop over queries in Python and rank with an
 explicit sort key (distance, database index) - the project's tie rule.
@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashgan_ray import metrics
-from hashgan_ray.metrics import (hamming_distances, mean_average_precision,
-                                 plot_pr_curves, pr_curve, precision_at_k, relevance)
+from hashgan_ray.evaluation import metrics
+from hashgan_ray.evaluation.metrics import (hamming_distances, mean_average_precision,
+                                            plot_pr_curves, pr_curve, precision_at_k, relevance)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

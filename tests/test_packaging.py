@@ -80,26 +80,26 @@ def test_python_versions_and_license():
 
 
 def test_the_default_search_space_is_one_file_in_the_package():
-    from hashgan_ray.tuning import default_space_path, read_space
+    from hashgan_ray.tuning.search import default_space_path, read_space
 
-    packaged = REPO / "hashgan_ray" / "tune_space.yaml"
+    packaged = REPO / "hashgan_ray" / "tuning" / "space.yaml"
     assert default_space_path().resolve() == packaged.resolve()
     link = REPO / "tune" / "space.yaml"                  # the readable top-level copy
     assert link.is_symlink() and link.resolve() == packaged.resolve()
     assert read_space(link) == read_space(default_space_path())
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "tune_space.yaml" in package_data["package-data"]["hashgan_ray"]
+    assert "space.yaml" in package_data["package-data"]["hashgan_ray.tuning"]
 
 
 def test_the_package_holds_no_test_support_and_one_private_ray_read():
     """cluster_local is test support (tests/support); Ray's private API is read in
-    one function only, tuning.placement_group_rows, which checks what it reads."""
+    one function only, tuning.search.placement_group_rows, which checks what it reads."""
     package = REPO / "hashgan_ray"
     assert not (package / "cluster_local.py").exists()
     private = [(path.name, line.strip()) for path in sorted(package.rglob("*.py"))
                for line in path.read_text().splitlines()
                if re.match(r"\s*(from|import)\s+ray\._private", line)]
-    assert private == [("tuning.py", "from ray._private.state import state          "
+    assert private == [("search.py", "from ray._private.state import state  "
                                      "# the one private import (see above)")], private
 
 

@@ -1,9 +1,9 @@
-"""report.py: tables from the cells' results alone (no Ray, no training)."""
+"""experiment/report.py: tables from the cells' results alone (no Ray, no training)."""
 import statistics
 
 import pytest
 
-from hashgan_ray.report import figure_files, fmt, mean_curve, render_report
+from hashgan_ray.experiment.report import figure_files, fmt, mean_curve, render_report
 
 
 def result(dataset, setting, seed, bits=16, backbone="small", fraction=1.0, value=0.5):

@@ -4,8 +4,8 @@
         [--space tune/space.yaml]
     ray job submit --working-dir . -- python tune/search.py --data /abs/data --out /abs/out ...
 
-The logic is in hashgan_ray/tuning.py; the default search space in tune/space.yaml beside
-this file (a link to hashgan_ray/tune_space.yaml, which the package ships).
+The logic is in hashgan_ray/tuning/search.py; the default search space in tune/space.yaml beside
+this file (a link to hashgan_ray/tuning/space.yaml, which the package ships).
 """
 import sys
 from pathlib import Path

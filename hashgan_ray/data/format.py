@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hashgan_ray.data.splits import SPLITS, assign_splits, rows_of_split
+from hashgan_ray.files import move_into_place, temp_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -155,26 +155,6 @@ def iter_pairs(data_dir, split: str | None = None, columns: Sequence[str] | None
                 pending, n_pending = rest.to_batches(), rest.num_rows
     if n_pending:
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-
-
-def temp_dir_for(out_dir: Path) -> Path:
-    """A new hidden directory beside `out_dir` to write it under, before
-    `move_into_place`."""
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename a finished `tmp_dir` to `out_dir`, replacing what is there: the old
-    directory is renamed aside first and removed only once the new one is in place."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-    os.rename(tmp_dir, out_dir)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def dataset_fingerprint(data_dir) -> str:

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hashgan_ray.data.format import move_into_place, temp_dir_for
 from hashgan_ray.data.synth import SynthConfig, World, render_image, sample_text
+from hashgan_ray.files import move_into_place, temp_dir_for
 
 N_CONCEPTS, N_TAGS = 81, 1000
 # Every 4th concept is frequent: the kept 21 are spread over the list, not its head,

@@ -9,7 +9,7 @@ FAISS's GPU build (`pip install 'hashgan-ray[gpu]'`, README "Install") has
 compute the same Hamming distances, but the GPU's k-selection returns the items
 tied at the k-th distance in no particular order and may cut a different subset
 of them, while the CPU index breaks ties by database order (the project's
-ranking contract, hashgan_ray.metrics). `GpuExactBinaryIndex` asks the GPU for
+ranking contract, hashgan_ray.evaluation.metrics). `GpuExactBinaryIndex` asks the GPU for
 more than k until every item tied at the k-th distance is in, then orders by
 (distance, database row): the CPU's answer, ties included. The few queries whose
 ties run past the GPU's selection limit are answered by the CPU index.

@@ -9,7 +9,7 @@ Rows keep one *database order* (the order of the codes files): shard s holds a
 contiguous range of it, and every FAISS index is an `IndexBinaryIDMap` whose
 internal row order is that order and whose labels are dataset ids. FAISS's
 k-NN heaps break distance ties by internal row, so an exact (`flat`) shard
-returns the ranking of `hashgan_ray.metrics` (ascending Hamming, ties by
+returns the ranking of `hashgan_ray.evaluation.metrics` (ascending Hamming, ties by
 database order), and `merge` keeps it across shards (tests/index).
 
 numpy + pyarrow + FAISS only: no Ray, no torch.
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hashgan_ray.data.format import move_into_place, temp_dir_for
+from hashgan_ray.files import move_into_place, temp_dir_for
 from hashgan_ray.index.gpu import exact_index, flat_index
 
 log = logging.getLogger(__name__)

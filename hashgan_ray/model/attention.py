@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hashgan_ray.config import STE
 
-STE = ("identity", "saturating")
 SATURATING_BAND = 2.0      # saturating: gradient where α/BAND <= P <= α·BAND
 
 

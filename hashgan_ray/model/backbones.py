@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torchvision import models
 
+from hashgan_ray.config import SMALL_HEADS
+
 # torchvision's file names for the ImageNet weights (what its cache holds).
 TORCHVISION_FILES = {"vgg19": "vgg19-dcbb9e9d.pth", "resnet18": "resnet18-f37072fd.pth"}
-SMALL_HEADS = ("maxpool", "grid")
 
 
 def _small_trunk() -> nn.Sequential:

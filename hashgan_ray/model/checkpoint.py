@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hashgan_ray.data.format import move_into_place, temp_dir_for
+from hashgan_ray.files import move_into_place, temp_dir_for
 from hashgan_ray.model.hashgan import HashGAN
 
 WEIGHTS = "model.pt"

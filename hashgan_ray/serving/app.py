@@ -43,10 +43,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from hashgan_ray.index.store import TARGETS, merge, open_shard, read_manifest, check_manifest
+from hashgan_ray.index.store import TARGETS, check_manifest, merge, open_shard, read_manifest
 from hashgan_ray.serving.items import ItemNotFound, ItemStore, thumbnail
-from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, item_id,
-                                       load_image, parse_query, search_options, thumbnail_size)
+from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, item_id, load_image,
+                                       parse_query, search_options, thumbnail_size)
 
 log = logging.getLogger("ray.serve")
 TOKEN_ENV = "HASHGAN_API_TOKEN"

@@ -1,6 +1,6 @@
 """Ray Train wiring: the per-worker loop and the TorchTrainer that runs it.
 
-The steps themselves are plain PyTorch (train/steps.py); this module adds what
+The steps themselves are plain PyTorch (train/methods/, train/steps.py); this module adds what
 Ray brings: the worker's device, DDP wrappers, the dataset shard streamed by
 Ray Data, checkpoints reported with `ray.train.report`, restore on restart.
 """
@@ -20,13 +20,12 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from hashgan_ray.config import ORACLE, TrainConfig
-from hashgan_ray.data.format import read_meta
-from hashgan_ray.data.format import read_pairs
+from hashgan_ray.data.format import read_meta, read_pairs
 from hashgan_ray.data.loading import BatchSpec
 from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.data.ray_data import read_split
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
-from hashgan_ray.evaluate import encode_split, retrieval_map, sample_ids
+from hashgan_ray.evaluation.evaluate import encode_split, retrieval_map, sample_ids
 from hashgan_ray.model.backbones import pretrained_path
 from hashgan_ray.model.checkpoint import TRAIN_STATE, WEIGHTS, export_model, write_model_files
 from hashgan_ray.train.methods import build_model, no_all_reduce, trainer_class
@@ -58,7 +57,7 @@ def train_split_ids(data_dir) -> np.ndarray:
 
 
 def all_reduce_for(world: int):
-    """`all_reduce` of the trainer interface (train/methods.py): sum over ranks."""
+    """`all_reduce` of the trainer interface (train/methods/__init__.py): sum over ranks."""
     if world == 1:
         return no_all_reduce
     import torch.distributed as dist
@@ -95,7 +94,7 @@ class _GatherRows(torch.autograd.Function):
 
 
 def gather_for(world: int):
-    """`gather` of the trainer interface (train/methods.py): the ranks' tensors
+    """`gather` of the trainer interface (train/methods/__init__.py): the ranks' tensors
     concatenated in rank order, differentiable; None for one worker."""
     return None if world == 1 else _GatherRows.apply
 

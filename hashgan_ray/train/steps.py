@@ -1,35 +1,15 @@
-"""One optimisation step of each player, in plain PyTorch (no Ray).
-
-The alternation of section 3.3: E/D minimise the full objective with G fixed
-(eq. 8), then G maximises the adversarial loss with E/D fixed (eq. 9).
-
-Under DDP, E+D (`net`) and G (`attention`) are wrapped separately, and each
-step calls the forward of exactly one wrapper, whose parameters all receive
-gradients; the other player is run as a constant:
-
-* E/D step: the masks are computed under no_grad from the unwrapped G, so
-  they are constants and G gets no gradient (G "fixed").
-* G step: the features come from E under no_grad; the hashing layers D run
-  with requires_grad switched off, so gradients flow through them to the
-  masks but D gets none. The attended codes (the queries H^T_i, H^I_i of eq. 6)
-  are constants too: G is pushed only through the unattended codes, which is
-  the adversary the paper describes ("make the hashing module unable to
-  preserve the similarities of the unattended features").
-"""
+"""What the training methods share, in plain PyTorch (no Ray): bf16 autocast,
+Adam per player, the per-epoch lr schedule, the D/G alternation and the
+global-batch gather for triplet mining. Each method's own steps are in
+train/methods/<method>.py."""
 from __future__ import annotations
 
 import contextlib
-import logging
 
 import torch
 from torch import nn
 
-from hashgan_ray.config import ORACLE
-from hashgan_ray.data.oracle import Oracle
-from hashgan_ray.losses import hashgan_losses, label_similarity, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
-
-log = logging.getLogger("hashgan_ray.train")
 
 
 @contextlib.contextmanager
@@ -50,32 +30,6 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-            margin: float, mining: str = "all", quantization: float = 0.0,
-            balance: float = 0.0, oracle=None, gather=None) -> dict[str, float]:
-    """min over E, D of the full objective (eq. 8). `net` is model.net or its DDP wrapper.
-    `oracle` (data/oracle.py): the batch's true masks in place of G's.
-    `gather`: the trainer's (see HashGANTrainer), None in one process."""
-    def fixed_masks(maps, feats):
-        with torch.no_grad():
-            return model.attention(maps, feats)
-
-    masks, word_mask = (fixed_masks, None) if oracle is None else \
-        oracle.forward_masks(batch["id"], batch["text"])
-    with autocast(batch["image"].device):
-        codes = net(batch["image"], batch["text"], masks, word_mask)
-    codes, labels = gathered(codes, batch["labels"], gather)
-    sim = label_similarity(labels, labels)
-    losses = hashgan_losses(codes, sim, margin,
-                            image_attention=model.args["image_attention"] or oracle is not None,
-                            text_attention=model.args["text_attention"] or oracle is not None,
-                            mining=mining, quantization=quantization, balance=balance)
-    optimizer.zero_grad(set_to_none=True)
-    losses["full"].backward()
-    optimizer.step()
-    return {k: float(v.detach()) for k, v in losses.items()}
-
-
 def gathered(codes: dict, labels: torch.Tensor, gather) -> tuple[dict, torch.Tensor]:
     """The codes and labels of every worker's batch (`gather(t)`: the ranks'
     tensors concatenated, with gradient back to each rank's own rows), so the
@@ -87,39 +41,6 @@ def gathered(codes: dict, labels: torch.Tensor, gather) -> tuple[dict, torch.Ten
     if gather is None:
         return codes, labels
     return {k: gather(v) for k, v in codes.items()}, gather(labels)
-
-
-def g_step(model: HashGAN, attention: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-           margin: float, mining: str = "all", gather=None) -> dict[str, float]:
-    """max over G of the adversarial loss (eq. 9). `attention` is model.attention
-    or its DDP wrapper."""
-    net = model.net
-    image, text = batch["image"], batch["text"]
-    with autocast(image.device):
-        with torch.no_grad():
-            maps, feats = net.image_maps(image), net.text_feats(text)
-        z_img, z_txt = attention(maps, feats)
-        with torch.no_grad():                                   # queries: attended codes
-            codes = {"img": net.hash_image(z_img.detach() * maps),
-                     "txt": net.hash_text(z_txt.detach() * feats)}
-        with frozen(net.image_head, net.image_code, net.text_code):
-            if model.args["image_attention"]:
-                codes["img_un"] = net.hash_image((1 - z_img) * maps)
-            if model.args["text_attention"]:
-                codes["txt_un"] = net.hash_text((1 - z_txt) * feats)
-            codes, labels = gathered(codes, batch["labels"], gather)
-            sim = label_similarity(labels, labels)
-            adversarial = maps.new_zeros(())
-            if "img_un" in codes:                               # F_{T->Î}
-                adversarial = adversarial + triplet_ranking_loss(
-                    codes["txt"], codes["img_un"], sim, margin, mining=mining)
-            if "txt_un" in codes:                               # F_{I->T̂}
-                adversarial = adversarial + triplet_ranking_loss(
-                    codes["img"], codes["txt_un"], sim, margin, mining=mining)
-            optimizer.zero_grad(set_to_none=True)
-            (-adversarial).backward()                           # gradient ascent
-    optimizer.step()
-    return {"g_adversarial": float(adversarial.detach())}
 
 
 def has_attention(model: HashGAN) -> bool:
@@ -148,73 +69,3 @@ def is_g_step(step: int, d_steps: int, g_steps: int) -> bool:
     """Steps d_steps .. d_steps+g_steps-1 of every cycle are G steps (4:1 by
     default). SCH-GAN's schedule: its G steps take the place of D steps."""
     return g_steps > 0 and step % (d_steps + g_steps) >= d_steps
-
-
-def g_steps_after(step: int, d_steps: int, g_steps: int) -> int:
-    """HashGAN's schedule: how many G steps follow the E/D step on batch `step`
-    (g_steps after every d_steps-th batch, else 0)."""
-    return g_steps if (step + 1) % d_steps == 0 else 0
-
-
-class HashGANTrainer:
-    """HashGAN's schedule (section 3.3): d_steps E/D steps, then g_steps G steps
-    on the last of those batches, Adam for each player, the lr divided by
-    lr_decay every lr_decay_every epochs.
-    The trainer interface is described in train/methods.py."""
-
-    uses_unlabeled = False
-
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
-                 gather=None):
-        self.model, self.cfg = model, cfg
-        self.gather = gather                    # triplets over every worker's batch (`gathered`)
-        self.opt_ed, self.opt_g = build_optimizers(model, cfg.lr, cfg.beta1)
-        self.schedulers = lr_schedulers((self.opt_ed, self.opt_g), cfg)
-        # Two wrappers: E+D and G are updated in alternation (module docstring).
-        self.net = wrap(model.net)
-        self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
-        self._epoch_steps = 0
-        self._warned_no_g_step = False
-        self.oracle = Oracle(cfg.data) if cfg.attention == ORACLE else None   # no G then
-
-    def step(self, step: int, batch: dict) -> dict[str, float]:
-        # Every batch gets an E/D step and every d_steps-th batch is then used
-        # for the G step(s) too, rather than G steps taking batches from E/D:
-        # an epoch is the same number of E/D updates with or without attention,
-        # so the Table 4 ablation compares attention, not training length.
-        cfg = self.cfg
-        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin, mining=cfg.mining,
-                        quantization=cfg.quantization, balance=cfg.balance, oracle=self.oracle,
-                        gather=self.gather)
-        self._epoch_steps += 1
-        if self.opt_g is not None:
-            for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):
-                stats.update(g_step(self.model, self.attention, batch, self.opt_g, cfg.margin,
-                                    cfg.mining, gather=self.gather))
-        return stats
-
-    def end_epoch(self) -> None:
-        # The step count restarts every epoch, so an epoch of fewer than d_steps
-        # batches (per worker) never trains G: say so rather than train a model
-        # whose attention silently stays where it started.
-        if (self.opt_g is not None and self.cfg.g_steps > 0
-                and 0 < self._epoch_steps < self.cfg.d_steps and not self._warned_no_g_step):
-            log.warning("attention (G) got no step this epoch: %d batches per worker, fewer than "
-                        "d_steps=%d; use a smaller --batch-size or --d-steps, or more data",
-                        self._epoch_steps, self.cfg.d_steps)
-            self._warned_no_g_step = True
-        self._epoch_steps = 0
-        for s in self.schedulers:
-            s.step()
-
-    def state_dict(self) -> dict:
-        return {"opt_ed": self.opt_ed.state_dict(),
-                "opt_g": self.opt_g.state_dict() if self.opt_g is not None else None,
-                "schedulers": [s.state_dict() for s in self.schedulers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt_ed.load_state_dict(state["opt_ed"])
-        if self.opt_g is not None:
-            self.opt_g.load_state_dict(state["opt_g"])
-        for s, s_state in zip(self.schedulers, state["schedulers"]):
-            s.load_state_dict(s_state)

@@ -4,9 +4,10 @@ one head were given the same port and `ray start` refused)."""
 import logging
 import socket
 
-from hashgan_ray.ports import free_ports
 from support import cluster_local
 from support.cluster_local import LocalCluster, listening, session_pids
+
+from hashgan_ray.ports import free_ports
 
 
 def test_free_ports_are_distinct_and_bindable():

@@ -6,9 +6,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from helpers import brute, free_port, write_exact_index
 from support.cluster_local import TRAIN_WORKER, LocalCluster
+
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta, read_pairs
 from hashgan_ray.index import store

@@ -5,8 +5,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hashgan_ray.data.format import (DataError, DatasetWriter, iter_pairs, pair_files,
-                                     read_meta, read_pairs)
+from hashgan_ray.data.format import DataError, DatasetWriter, iter_pairs, pair_files, read_meta, read_pairs
 from hashgan_ray.data.images import encode_png
 from hashgan_ray.data.splits import assign_splits, labeled_ids, mark_labeled, rows_of_split
 

@@ -13,8 +13,9 @@ def test_oracle_boxes_hold_the_label_patterns_and_words_the_label_words(tmp_path
     world = World(cfg)
     generate(tmp_path / "d", pairs=40, seed=1, cfg=cfg)
     oracle = Oracle(tmp_path / "d")
-    from PIL import Image
     import io
+
+    from PIL import Image
     for r in read_pairs(tmp_path / "d").to_pylist():
         row = oracle._row[r["id"]]
         boxes, words = oracle._boxes[row], oracle._words[row]

@@ -10,8 +10,8 @@ import logging
 import numpy as np
 import pytest
 
-from hashgan_ray import metrics
-from hashgan_ray.evaluate import _map
+from hashgan_ray.evaluation import metrics
+from hashgan_ray.evaluation.evaluate import _map
 from hashgan_ray.index import gpu
 from hashgan_ray.index.store import HashIndex, recall_at_k, write_index
 

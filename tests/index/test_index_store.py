@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hashgan_ray.evaluation.metrics import hamming_distances
 from hashgan_ray.index import store
-from hashgan_ray.metrics import hamming_distances
 
 
 def random_codes(n, bits, seed, first_id=0):

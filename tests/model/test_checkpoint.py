@@ -3,12 +3,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
-import pytest
-
 from hashgan_ray.model.checkpoint import (WEIGHTS, export_model, fingerprint, load_model,
-                                         max_weight_difference, write_model_files)
+                                          max_weight_difference, write_model_files)
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
 
 

@@ -3,8 +3,8 @@ whose names are hostile HTML, with its own model and one-shard index."""
 from collections import Counter
 
 import pytest
-
 from helpers import write_exact_index, write_tiny_model
+
 from hashgan_ray.data.format import DatasetWriter, read_meta, read_pairs
 
 HOSTILE_LABEL = '<img src=x onerror="document.title=\'pwned\'">'

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import free_port
-from hashgan_ray.data.format import read_meta, read_pairs
 from support.browser import ALL_LOADED, CHROMIUM, launch
+
+from hashgan_ray.data.format import read_meta, read_pairs
 
 httpx = pytest.importorskip("httpx")
 TOKEN = "page-token-5c1d"

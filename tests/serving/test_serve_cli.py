@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import free_port, write_exact_index
 
 httpx = pytest.importorskip("httpx")
@@ -21,7 +20,7 @@ def test_serve_stays_up_until_interrupted_then_stops_cleanly(synth_data, tiny_mo
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "HASHGAN_API_TOKEN")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hashgan_ray.cli", "serve", "--checkpoint", str(tiny_model),
+        [sys.executable, "-m", "hashgan_ray", "serve", "--checkpoint", str(tiny_model),
          "--index", str(index), "--port", str(port), "--num-cpus", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         start_new_session=True)

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from helpers import brute, free_port, write_exact_index, write_tiny_model
 from PIL import Image
 
-from helpers import brute, free_port, write_exact_index, write_tiny_model
 from hashgan_ray.cli import main
 from hashgan_ray.data.format import read_meta, read_pairs
-from hashgan_ray.evaluate import encode_split
+from hashgan_ray.evaluation.evaluate import encode_split
 from hashgan_ray.index import store
 from hashgan_ray.model.checkpoint import fingerprint, load_model
 

@@ -1,4 +1,4 @@
-"""DCMH (train/dcmh.py): the objective, the code update, the trainer's state, a
+"""DCMH (train/methods/dcmh.py): the objective, the code update, the trainer's state, a
 two-worker Ray Train run."""
 import io
 import math
@@ -11,8 +11,8 @@ import torch
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
-from hashgan_ray.train.dcmh import DCMHTrainer, dcmh_loss, update_codes
 from hashgan_ray.train.methods import build_model, single_process
+from hashgan_ray.train.methods.dcmh import DCMHTrainer, dcmh_loss, update_codes
 
 TINY = dict(bits=16, text_hidden=32, text_features=16, batch_size=16, lr=1e-3)
 
@@ -173,7 +173,7 @@ def test_state_dict_round_trips_with_weights_only(synth_data):
 def test_two_workers_train_dcmh_on_the_labelled_half_and_export_a_servable_model(
         ray3, synth_data, tmp_path):
     from hashgan_ray.data.splits import labeled_ids
-    from hashgan_ray.evaluate import encode_split, retrieval_map
+    from hashgan_ray.evaluation.evaluate import encode_split, retrieval_map
     from hashgan_ray.model.checkpoint import TRAIN_STATE, load_model
     from hashgan_ray.train.loop import fit, train_split_ids
 

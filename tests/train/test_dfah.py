@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
-from hashgan_ray.losses import label_similarity, pairwise_nll
-from hashgan_ray.metrics import mean_average_precision
+from hashgan_ray.evaluation.metrics import mean_average_precision
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
 from hashgan_ray.train import dfah
+from hashgan_ray.train.losses import label_similarity, pairwise_nll
 from hashgan_ray.train.methods import single_process, trainer_class
 
 CFG = TrainConfig(method="dfah", bits=16, text_hidden=64, text_features=32, lr=1e-3)
@@ -245,7 +245,7 @@ def test_training_on_a_batch_raises_in_batch_map(batch, one_thread):
 
 def test_two_ray_workers_train_dfah_and_its_model_is_indexed_and_served_unchanged(ray3, synth_data, tmp_path):
     # ray3: tests/train/conftest.py
-    from hashgan_ray.evaluate import encode_split
+    from hashgan_ray.evaluation.evaluate import encode_split
     from hashgan_ray.index.build import build_index
     from hashgan_ray.index.store import HashIndex, read_codes
     from hashgan_ray.model.checkpoint import TRAIN_STATE, fingerprint, load_model
@@ -278,9 +278,9 @@ def test_two_ray_workers_train_dfah_and_its_model_is_indexed_and_served_unchange
 
     # The Serve application takes the DFAH model and its index as they are.
     import httpx
+    from helpers import brute, free_port
     from ray import serve
 
-    from helpers import brute, free_port
     from hashgan_ray.data.format import read_meta, read_pairs
     from hashgan_ray.serving.app import build_app
 

@@ -6,13 +6,14 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.loop import gather_for
-from hashgan_ray.train.schgan import labelled_triplet_loss
-from hashgan_ray.train.steps import build_optimizers, ed_step, g_step
-from helpers import free_port
+from hashgan_ray.train.methods.hashgan import ed_step, g_step
+from hashgan_ray.train.methods.schgan import labelled_triplet_loss
+from hashgan_ray.train.steps import build_optimizers
 
 OBJECTIVE = dict(margin=1.0, balance=1.0)
 

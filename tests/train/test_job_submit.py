@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support.cluster_local import LocalCluster
+
 from hashgan_ray.model.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def test_ray_job_submit_trains_and_token_auth_is_on(ray_head, synth_data, tmp_pa
     out = tmp_path / "run"
     done = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--", "python", "-m", "hashgan_ray.train", "--data", str(synth_data), "--out", str(out),
+         "--", "python", "-m", "hashgan_ray", "train", "--data", str(synth_data), "--out", str(out),
          "--epochs", "1", "--workers", "1", "--bits", "16", "--text-hidden", "64",
          "--text-features", "32", "--batch-size", "32", "--val-database", "40"],
         env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from hashgan_ray.config import TrainConfig
+from hashgan_ray.data.format import read_meta
 from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.data.oracle import Oracle
-from hashgan_ray.data.format import read_meta
-from hashgan_ray.evaluate import attended_share, encode_split
+from hashgan_ray.evaluation.evaluate import attended_share, encode_split
 from hashgan_ray.model.hashgan import pack_codes
 from hashgan_ray.train.methods import build_model, trainer_class
 
@@ -112,7 +112,7 @@ def test_eval_of_an_oracle_model_uses_the_true_masks(synth_data, tmp_path):
     import json
 
     from hashgan_ray.cli import main
-    from hashgan_ray.evaluate import retrieval_map
+    from hashgan_ray.evaluation.evaluate import retrieval_map
     from hashgan_ray.model.checkpoint import write_model_files
 
     cfg = oracle_config(synth_data)

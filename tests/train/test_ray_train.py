@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from support.cluster_local import TRAIN_WORKER
+
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.model.checkpoint import TRAIN_STATE, load_model
 from hashgan_ray.train.loop import fit
@@ -39,7 +39,7 @@ def test_two_workers_stay_in_sync_then_resume_with_optimizer_state(ray3, synth_d
 
 
 def _kill_a_worker_after_first_checkpoint(out: Path, killed: list, deadline: float):
-    from ray._private import state        # the GCS actor table: this test's own cluster only
+    from ray._private import state  # the GCS actor table: this test's own cluster only
 
     # The controller writes its snapshot once a reported checkpoint is registered.
     while time.time() < deadline and not (out / "train" / "checkpoint_manager_snapshot.json").exists():

@@ -1,4 +1,4 @@
-"""SCH-GAN (train/schgan.py): reward, sampler, policy gradient, the two steps,
+"""SCH-GAN (train/methods/schgan.py): reward, sampler, policy gradient, the two steps,
 semi-supervised batches, trainer state, a short training run and Ray Train."""
 from pathlib import Path
 
@@ -8,11 +8,11 @@ import torch
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
-from hashgan_ray.evaluate import Encoded, encode_arrays, retrieval_map
+from hashgan_ray.evaluation.evaluate import Encoded, encode_arrays, retrieval_map
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.methods import single_process, trainer_class
-from hashgan_ray.train.schgan import (RelevanceScorer, candidate_rewards, margin_reward,
-                                      reinforce_loss, sample_picks, selection_log_probs)
+from hashgan_ray.train.methods.schgan import (RelevanceScorer, candidate_rewards, margin_reward,
+                                              reinforce_loss, sample_picks, selection_log_probs)
 
 MARGIN = 2.0
 TINY = dict(bits=16, text_hidden=64, text_features=32, lr=1e-3)
@@ -162,10 +162,10 @@ def test_training_steps_raise_in_batch_map(batch, one_thread):
 
 def test_ray_train_two_workers_half_labelled_then_index_serves_the_model(
         ray3, synth_data, tmp_path):
-    from hashgan_ray.evaluate import encode_split
+    from hashgan_ray.evaluation.evaluate import encode_split
+    from hashgan_ray.evaluation.metrics import hamming_distances
     from hashgan_ray.index.build import build_index
     from hashgan_ray.index.store import HashIndex
-    from hashgan_ray.metrics import hamming_distances
     from hashgan_ray.model.checkpoint import TRAIN_STATE, fingerprint, load_model
     from hashgan_ray.train.loop import fit
 

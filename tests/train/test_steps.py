@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from hashgan_ray.data.loading import iter_batches
-from hashgan_ray.losses import label_similarity, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.steps import build_optimizers, ed_step, g_step, g_steps_after, is_g_step
+from hashgan_ray.train.losses import label_similarity, triplet_ranking_loss
+from hashgan_ray.train.methods.hashgan import ed_step, g_step, g_steps_after
+from hashgan_ray.train.steps import build_optimizers, is_g_step
 
 MARGIN = 2.0
 

@@ -1,13 +1,13 @@
-"""The label-supervised reference (train/supervised.py) and the in-memory loop."""
+"""The label-supervised reference (train/methods/supervised.py) and the in-memory loop."""
 import numpy as np
 import pytest
 import torch
 
 from hashgan_ray.config import TrainConfig
-from hashgan_ray.metrics import label_codes, mean_average_precision
+from hashgan_ray.evaluation.metrics import label_codes, mean_average_precision
 from hashgan_ray.train.local import load_split, train_in_memory
 from hashgan_ray.train.methods import build_model, single_process
-from hashgan_ray.train.supervised import SupervisedTrainer
+from hashgan_ray.train.methods.supervised import SupervisedTrainer
 
 
 def small_cfg(data, **kw):

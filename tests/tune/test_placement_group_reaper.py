@@ -5,7 +5,7 @@ import time
 
 from ray.core.generated import gcs_pb2
 
-from hashgan_ray import tuning
+from hashgan_ray.tuning.search import search as tuning
 
 
 def test_rows_have_what_the_reaper_reads(local_ray):

@@ -3,7 +3,7 @@ import pytest
 
 from hashgan_ray.cli import main
 from hashgan_ray.config import TrainConfig
-from hashgan_ray.tuning import default_space_path, read_space, trials_that_fit
+from hashgan_ray.tuning.search import default_space_path, read_space, trials_that_fit
 
 
 def test_the_default_space_searches_margin_lr_and_alpha():

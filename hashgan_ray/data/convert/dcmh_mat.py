@@ -65,8 +65,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from hashgan_ray.data.convert.common import (
-    Report, add_common_arguments, print_result, progress, read_names)
+from hashgan_ray.data.convert.common import Report, add_common_arguments, print_result, progress, read_names
 from hashgan_ray.data.format import DataError, DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.images import encode_png
 from hashgan_ray.data.splits import PROTOCOL_SIZES

@@ -53,8 +53,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from hashgan_ray.data.convert.common import (
-    Report, add_common_arguments, add_pair_or_drop, print_result, progress, read_lines, read_text)
+from hashgan_ray.data.convert.common import (Report, add_common_arguments, add_pair_or_drop,
+                                             print_result, progress, read_lines, read_text)
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 

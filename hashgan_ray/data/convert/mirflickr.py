@@ -36,8 +36,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from hashgan_ray.data.convert.common import (
-    Report, add_common_arguments, add_pair_or_drop, print_result, progress, read_lines)
+from hashgan_ray.data.convert.common import (Report, add_common_arguments, add_pair_or_drop,
+                                             print_result, progress, read_lines)
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 

@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hashgan_ray.data.convert.common import (
-    Report, add_common_arguments, add_pair_or_drop, parse_binary_row, print_result,
-    progress, read_lines, read_names)
+from hashgan_ray.data.convert.common import (Report, add_common_arguments, add_pair_or_drop,
+                                             parse_binary_row, print_result, progress, read_lines,
+                                             read_names)
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 

@@ -7,7 +7,7 @@
 A cell is one training run: dataset x backbone x bits x setting x labelled
 fraction x seed, where a setting is HashGAN with one attention setting
 (Table 4: both, image, text, none) or another registered method
-(train/methods.py: DCMH, and whatever else is registered). The grid:
+(train/methods/__init__.py: DCMH, and whatever else is registered). The grid:
 
 * every setting at every bit length with all labels, on the first backbone;
 * with fewer labels (each --labeled-fractions value below 1), at the smallest
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,15 +38,16 @@ try:
 except ImportError:      # run_cell with its own `fit` works without Ray (benchmarks/attention_study.py)
     ray = None
 
-from hashgan_ray.config import ATTENTION, ORACLE, TrainConfig
+from hashgan_ray.config import ATTENTION, METHODS, ORACLE, TrainConfig
 from hashgan_ray.data.format import read_meta
 from hashgan_ray.data.oracle import Oracle
-from hashgan_ray.evaluate import (attended_share, encode_split, plot_attention_masks, pr_curves,
-                                  retrieval_map)
+from hashgan_ray.evaluation.evaluate import (attended_share, encode_split, plot_attention_masks,
+                                             pr_curves, retrieval_map)
+from hashgan_ray.files import write_text
 from hashgan_ray.model.checkpoint import WEIGHTS, load_model
-from hashgan_ray.train.methods import METHODS, trainer_class
+from hashgan_ray.train.methods import trainer_class
 
-log = logging.getLogger("hashgan_ray.experiment")
+log = logging.getLogger("hashgan_ray.experiment.grid")
 
 TOP_K = 500                       # Table 2: top-500 MAP
 RESULT = "result.json"            # written last: a cell with one is finished
@@ -174,9 +174,7 @@ def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, f
                               oracle=Oracle(cfg.data) if cfg.attention == ORACLE else None),
               "masks": MASKS if with_masks else None,
               "train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
-    tmp = directory / f".{RESULT}.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, directory / RESULT)
+    write_text(directory / RESULT, json.dumps(result, indent=1))
     return result
 
 
@@ -310,7 +308,7 @@ def run_paper(data_dirs: list[str], out: str, base: TrainConfig, *, bits: list[i
               at_once: int | None = None, report: str | None = None) -> dict:
     """The whole grid on the connected Ray, then report.md (default OUT/report.md).
     Returns {"report": path, "results": [...], "failed": [(cell, error)]}."""
-    from hashgan_ray.report import write_report
+    from hashgan_ray.experiment.report import write_report
 
     settings = settings or all_settings()
     unknown = [s for s in settings if s not in all_settings()]

@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashgan_ray.losses import label_similarity, pairwise_nll
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
+from hashgan_ray.train.losses import label_similarity, pairwise_nll
 from hashgan_ray.train.methods import no_all_reduce
 from hashgan_ray.train.steps import autocast, frozen, lr_schedulers
 
@@ -229,7 +229,7 @@ class DFAHTrainer:
     """DFAH's schedule: every step one extractor step, then one discriminator
     step on the same batch; once per epoch the discrete update of B. Adam for
     each player, lr divided by lr_decay every lr_decay_every epochs (as HashGAN).
-    The trainer interface is described in train/methods.py."""
+    The trainer interface is described in train/methods/__init__.py."""
 
     uses_unlabeled = False
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hashgan_ray.config import MINING
+
 
 def label_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
     """(Na, Nb) bool: S(i, j) = pair i and pair j share at least one label."""
@@ -34,7 +36,6 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(1e-12).sqrt()
 
 
-MINING = ("all", "active", "hardest")
 
 
 def triplet_ranking_loss(query: torch.Tensor, database: torch.Tensor, sim: torch.Tensor,

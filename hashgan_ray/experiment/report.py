@@ -1,4 +1,4 @@
-"""report.md of the paper's experiments, from the cells' result.json (experiment.py).
+"""report.md of the paper's experiments, from the cells' result.json (experiment/grid.py).
 
 `render_report(results, context)` is a pure function of the results and of the
 run's description (command, versions, grid, figure file names): the tables are
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hashgan_ray.config import ATTENTION, BACKBONES
+from hashgan_ray.files import write_text
 
 TASKS = (("I->T", "map_i2t"), ("T->I", "map_t2i"))
 NAMES = {"hashgan-both": "HashGAN", "hashgan-image": "HashGAN, image attention only",
@@ -215,7 +216,7 @@ def mean_curve(curves: list[dict]) -> dict:
 def write_figures(results: list[dict], folder: Path, files: dict, backbone: str) -> None:
     """Figure 5 per dataset and task (a curve per setting: all labels, the main
     backbone, mean over seeds) and Figure 6 (copied from the cell that drew it)."""
-    from hashgan_ray.metrics import plot_pr_curves
+    from hashgan_ray.evaluation.metrics import plot_pr_curves
 
     for d, tasks in files["pr"].items():
         drawn = [r for r in pick(results, dataset=d, labeled_fraction=1.0, backbone=backbone)
@@ -235,7 +236,4 @@ def write_report(results: list[dict], path, context: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     files = figure_files(path.stem, results, context["grid"]["backbones"][0])
     write_figures(results, path.parent, files, context["grid"]["backbones"][0])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_report(results, {**context, "figures": files}))
-    tmp.replace(path)
-    return path
+    return write_text(path, render_report(results, {**context, "figures": files}))

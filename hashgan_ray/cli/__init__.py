@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 
 from hashgan_ray.data.format import DataError
+from hashgan_ray.files import write_text
 
 # data convert <name>: module in hashgan_ray.data.convert with add_arguments/run
 CONVERTERS = {
@@ -164,7 +165,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from hashgan_ray.tuning import cpus_needed, default_space_path, read_space, search
+    from hashgan_ray.tuning.search import cpus_needed, default_space_path, read_space, search
 
     cfg = train_config(args)
     space = read_space(args.space or default_space_path())       # bad files fail before Ray starts
@@ -184,9 +185,8 @@ def cmd_eval(args) -> None:
 
     from hashgan_ray.config import ORACLE
     from hashgan_ray.data.oracle import Oracle
-    from hashgan_ray.evaluate import (encode_split, plot_attention_masks, pr_curves,
-                                      retrieval_map)
-    from hashgan_ray.metrics import plot_pr_curves
+    from hashgan_ray.evaluation.evaluate import encode_split, plot_attention_masks, pr_curves, retrieval_map
+    from hashgan_ray.evaluation.metrics import plot_pr_curves
     from hashgan_ray.model.checkpoint import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -206,12 +206,11 @@ def cmd_eval(args) -> None:
           f"({result['n_query']} queries, {result['n_database']} database, {model.bits} bits"
           + (f", top {args.top_k}" if args.top_k else "") + f"); figures in {args.figures}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_text(args.json, json.dumps(result, indent=1))
 
 
 def cmd_experiment_paper(args) -> None:
-    from hashgan_ray.experiment import run_paper
+    from hashgan_ray.experiment.grid import run_paper
 
     for name, instead in (("seed", "--seeds"), ("backbone", "--backbones"), ("method", "--settings"),
                           ("attention", "--settings"), ("labeled_fraction", "--labeled-fractions")):
@@ -381,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("--workers-per-trial", dest="workers", type=int, default=None,
                           help="Ray Train workers per trial (the same as --workers)")
     tune_cmd.add_argument("--space", default=None,
-                          help="search-space YAML (default: the package's tune_space.yaml, "
+                          help="search-space YAML (default: the package's tuning/space.yaml, "
                                "tune/space.yaml in a checkout)")
     tune_cmd.add_argument("--max-concurrent", type=int, default=None,
                           help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
@@ -466,7 +465,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hashgan-ray: error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

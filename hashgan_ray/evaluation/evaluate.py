@@ -5,19 +5,17 @@ Used by the per-epoch validation of training and by `hashgan-ray eval`.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from hashgan_ray import metrics
 from hashgan_ray.data.format import iter_pairs, read_meta, read_pairs
 from hashgan_ray.data.loading import BatchSpec, decode_batch
+from hashgan_ray.evaluation import metrics
+from hashgan_ray.files import save_figure
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
 
 log = logging.getLogger(__name__)
@@ -137,13 +135,6 @@ def pr_curves(query: Encoded, database: Encoded) -> dict[str, dict]:
     }
 
 
-def _save_png(fig, path) -> None:
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def plot_attention_masks(model: HashGAN, data_dir, path, *, n: int = 8, split: str = "query") -> None:
     """The paper's Figure 6: images, their learned masks, and the attended and
@@ -175,5 +166,5 @@ def plot_attention_masks(model: HashGAN, data_dir, path, *, n: int = 8, split: s
             ax.set_yticks([])
         axes[r][0].set_ylabel(title)
     fig.suptitle("learned image attention (mask = P >= α)")
-    _save_png(fig, path)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from hashgan_ray.data.format import read_meta
-from hashgan_ray.losses import balance_loss
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.dcmh import Branch
+from hashgan_ray.train.losses import balance_loss
+from hashgan_ray.train.methods.dcmh import Branch
 from hashgan_ray.train.steps import autocast, lr_schedulers
 
 
 class SupervisedTrainer:
-    """The trainer interface is described in train/methods.py."""
+    """The trainer interface is described in train/methods/__init__.py."""
 
     uses_unlabeled = False
 

@@ -29,6 +29,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta
+from hashgan_ray.files import save_figure, write_text
 from hashgan_ray.train.loop import fit
 
 log = logging.getLogger("hashgan_ray.tune")
@@ -51,9 +52,9 @@ REAP_EVERY_S = 2.0
 
 
 def default_space_path() -> Path:
-    """The default search space, shipped in the package (hashgan_ray/tune_space.yaml;
+    """The default search space, shipped in the package (hashgan_ray/tuning/space.yaml;
     the checkout's tune/space.yaml is a link to it), so an installed package finds it."""
-    return Path(str(resources.files("hashgan_ray") / "tune_space.yaml"))
+    return Path(str(resources.files("hashgan_ray.tuning") / "space.yaml"))
 
 
 def read_space(path) -> dict[str, tuple[str, list]]:
@@ -205,7 +206,7 @@ def placement_group_rows() -> list:
     table = gcs_pb2.PlacementGroupTableData
     changed = [f for f in PLACEMENT_GROUP_FIELDS if f not in table.DESCRIPTOR.fields_by_name]
     try:
-        from ray._private.state import state          # the one private import (see above)
+        from ray._private.state import state  # the one private import (see above)
 
         rows = state._connect_and_get_accessor().get_placement_group_table()
     except (ImportError, AttributeError) as e:
@@ -268,7 +269,7 @@ def search(base: TrainConfig, space: dict, samples: int, max_concurrent: int | N
         tuner = tune.Tuner.restore(str(out / EXPERIMENT), trainable, resume_errored=True)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n")
+        write_text(out / SETTINGS, json.dumps(settings, indent=1) + "\n")
         concurrent = max_concurrent or trials_that_fit(base, ray.cluster_resources())
         log.info("searching %s over %d trials of %d epochs, %d at a time, in %s",
                  ", ".join(space), samples, base.epochs, concurrent, out)
@@ -291,7 +292,7 @@ def search(base: TrainConfig, space: dict, samples: int, max_concurrent: int | N
     write_csv(rows, paths["csv"])                    # also when every trial failed
     best = best_row(rows, out)
     best_config = TrainConfig.from_dict({**best["config"], "out": str(out / "best")})
-    paths["config"].write_text(json.dumps(best_config.to_dict(), indent=1) + "\n")
+    write_text(paths["config"], json.dumps(best_config.to_dict(), indent=1) + "\n")
     plot_map(rows, space, best, paths["plot"])
     return {"rows": rows, "best": best, "paths": paths}
 
@@ -376,4 +377,4 @@ def plot_map(rows: list[dict], space: dict, best: dict, path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{len(rows)} trials, up to {max(r['epochs'] for r in rows)} epochs")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)

@@ -38,20 +38,22 @@ from __future__ import annotations
 
 import importlib
 
-# method name -> (module, trainer class)
-METHODS = {
-    "hashgan": ("hashgan_ray.train.steps", "HashGANTrainer"),
-    "dcmh": ("hashgan_ray.train.dcmh", "DCMHTrainer"),
-    "dfah": ("hashgan_ray.train.dfah", "DFAHTrainer"),
-    "schgan": ("hashgan_ray.train.schgan", "SCHGANTrainer"),
+from hashgan_ray.config import METHODS
+
+# method name -> (module, trainer class); the names are config.METHODS
+TRAINERS = {
+    "hashgan": ("hashgan_ray.train.methods.hashgan", "HashGANTrainer"),
+    "dcmh": ("hashgan_ray.train.methods.dcmh", "DCMHTrainer"),
+    "dfah": ("hashgan_ray.train.methods.dfah", "DFAHTrainer"),
+    "schgan": ("hashgan_ray.train.methods.schgan", "SCHGANTrainer"),
     # not a hashing method: the label-supervised yardstick of benchmarks/quality.py
-    "supervised": ("hashgan_ray.train.supervised", "SupervisedTrainer"),
+    "supervised": ("hashgan_ray.train.methods.supervised", "SupervisedTrainer"),
 }
 
 
 def trainer_class(method: str):
     try:
-        module, name = METHODS[method]
+        module, name = TRAINERS[method]
     except KeyError:
         raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}") from None
     return getattr(importlib.import_module(module), name)
@@ -76,3 +78,6 @@ def single_process(module):
 def no_all_reduce(tensor):
     """`all_reduce` for one worker."""
     return tensor
+
+
+assert tuple(TRAINERS) == METHODS, "config.METHODS and the registry name the same methods"

@@ -44,8 +44,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hashgan_ray.losses import label_similarity, pairwise_nll
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
+from hashgan_ray.train.losses import label_similarity, pairwise_nll
 from hashgan_ray.train.steps import autocast, lr_schedulers
 
 GAMMA = 1.0   # quantization weight γ (DCMH, section 4.1)
@@ -100,7 +100,7 @@ class Branch(nn.Module):
 
 
 class DCMHTrainer:
-    """DCMH (module docstring). The trainer interface is described in train/methods.py."""
+    """DCMH (module docstring). The trainer interface is described in train/methods/__init__.py."""
 
     uses_unlabeled = False
 

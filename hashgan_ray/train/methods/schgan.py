@@ -87,10 +87,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hashgan_ray.losses import label_similarity, pairwise_distance, triplet_ranking_loss
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.steps import (autocast, build_optimizers, gathered, is_g_step,
-                                     lr_schedulers)
+from hashgan_ray.train.losses import label_similarity, pairwise_distance, triplet_ranking_loss
+from hashgan_ray.train.steps import autocast, build_optimizers, gathered, is_g_step, lr_schedulers
 
 SAMPLES_PER_QUERY = 4      # K: selections per query and direction
 GENERATOR_HIDDEN = 128     # width of each relevance MLP
@@ -225,7 +224,7 @@ def directions(img: torch.Tensor, txt: torch.Tensor, scores: tuple):
 
 
 class SCHGANTrainer:
-    """SCH-GAN's schedule (module docstring); interface in train/methods.py."""
+    """SCH-GAN's schedule (module docstring); interface in train/methods/__init__.py."""
 
     uses_unlabeled = True
 

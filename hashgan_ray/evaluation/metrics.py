@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 import numpy as np
+
+from hashgan_ray.files import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -504,17 +505,7 @@ def plot_pr_curves(curves: dict[str, dict], path, title: str | None = None) -> N
     if title:
         ax.set_title(title)
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pr-", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_figure(fig, path)
 
 
 def label_codes(labels: np.ndarray) -> np.ndarray:
