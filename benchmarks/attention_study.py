@@ -51,7 +51,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hashgan_ray.cli import add_train_arguments, connect_ray, train_config  # noqa: E402
+from hashgan_ray.cli.ray_options import connect_ray  # noqa: E402
+from hashgan_ray.cli.train import add_train_arguments, train_config  # noqa: E402
 from hashgan_ray.config import TrainConfig  # noqa: E402
 from hashgan_ray.experiment.grid import Cell, cells_that_fit, describe, finished_result, run_cell, run_grid  # noqa: E402
 from hashgan_ray.experiment.report import mean_se  # noqa: E402

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from hashgan_ray.cli import build_parser, main, train_config
+from hashgan_ray.cli import build_parser, main
+from hashgan_ray.cli.train import train_config
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta
 from hashgan_ray.model.checkpoint import write_model_files

@@ -1,0 +1,29 @@
+"""The Ray connection options every command that starts or joins Ray takes,
+and the one function that connects."""
+from __future__ import annotations
+
+import os
+
+
+def add_ray_options(parser, local_cpus: str = "all of this machine's") -> None:
+    """--address and --num-cpus; `local_cpus` says what a local Ray gets without --num-cpus."""
+    group = parser.add_argument_group("Ray")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    group.add_argument("--num-cpus", type=int, default=None,
+                       help=f"CPUs of a local Ray (default: {local_cpus})")
+
+
+def connect_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`),
+    else start a local Ray with an explicit CPU count. A Ray this process has
+    already joined (tests, notebooks) is kept."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
