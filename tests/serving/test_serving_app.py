@@ -182,6 +182,20 @@ def test_items_are_the_dataset_rows_with_thumbnails(request, layout, synth_data,
     assert r.status_code == 404 and f"no item with id {query_id}" in r.json()["error"]
 
 
+def test_the_page_under_a_route_prefix_finds_its_assets(service, one_shard):
+    """/one (no trailing slash) redirects to /one/ (Starlette's slash redirect),
+    where the page's relative static/ paths resolve to the app's own files."""
+    _, _, port = service
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as bare:
+        r = bare.get("/one", params={"q": "x"})
+        assert r.status_code == 307 and r.headers["location"].endswith(f"{port}/one/?q=x")
+        page = bare.get("/one/")
+        assert page.status_code == 200 and 'src="static/search.js"' in page.text
+        for name in ("search.js", "search.css"):
+            assert bare.get(f"/one/static/{name}").status_code == 200
+        assert bare.get("/").status_code == 200                # no prefix: no redirect
+
+
 def test_results_carry_their_items_and_items_can_be_queries(one_shard, linked_data,
                                                            linked_index):
     client, queries = one_shard, pairs_as_sent(linked_data)
