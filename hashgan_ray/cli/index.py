@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from hashgan_ray.cli.checks import at_least, dataset
+from hashgan_ray.cli.help import add_command, required_group
 from hashgan_ray.cli.ray_options import add_ray_options, connect_ray
 
 
@@ -20,10 +22,28 @@ def _job_options(args) -> dict:
     return {"batch_size": args.batch_size, "actors": args.actors}
 
 
+def _check_encoding(checkpoint, data_dir, split: str | None) -> int:
+    """Before Ray starts: the dataset is valid and speaks the model's vocabulary,
+    and the split has pairs -> how many."""
+    from hashgan_ray.index.build import check_dataset
+
+    meta = dataset(data_dir)
+    check_dataset(checkpoint, data_dir)
+    count = meta.split_size(split) if split else meta.counts["total"]
+    if count == 0:
+        raise ValueError(f"--split {split}: {data_dir} has no pairs there; nothing to encode")
+    return count
+
+
 def cmd_index_build(args) -> None:
     from hashgan_ray.index.build import build_index
     from hashgan_ray.index.store import recall_at_k
 
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    count = _check_encoding(args.checkpoint, args.data, _split_arg(args.split))
+    if args.shards > count:
+        raise ValueError(f"--shards {args.shards}: more shards than the {count} pairs to index")
     connect_ray(args.address, args.num_cpus)
     m = build_index(args.checkpoint, args.data, args.out, split=_split_arg(args.split),
                     kind=args.kind, shards=args.shards, overwrite=args.overwrite,
@@ -41,7 +61,10 @@ def cmd_index_add(args) -> None:
     from hashgan_ray.index.build import add_to_index
     from hashgan_ray.index.store import read_manifest
 
-    before = read_manifest(args.index)["count"]
+    manifest = read_manifest(args.index)
+    before = manifest["count"]
+    _check_encoding(args.checkpoint or manifest["checkpoint"]["path"], args.data,
+                    _split_arg(args.split))
     connect_ray(args.address, args.num_cpus)
     m = add_to_index(args.index, args.data, checkpoint=args.checkpoint,
                      split=_split_arg(args.split), progress=_encode_bar, **_job_options(args))
@@ -84,54 +107,99 @@ def cmd_serve(args) -> None:
 
 
 def _add_encode_arguments(parser) -> None:
-    parser.add_argument("--split", default="database",
-                        choices=["query", "train", "database", "all"],
-                        help="rows to encode (default database, i.e. train + database)")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows per encoder batch")
-    parser.add_argument("--actors", type=int, default=None,
-                        help="encoder actors (default: one per GPU, else one per CPU)")
+    job = parser.add_argument_group("the encode job (Ray Data)")
+    job.add_argument("--split", default="database", choices=["query", "train", "database", "all"],
+                     help="rows to encode (default: database, i.e. train + database)")
+    job.add_argument("--batch-size", type=at_least(1), default=256, metavar="N",
+                     help="rows per encoder batch")
+    job.add_argument("--actors", type=at_least(1), default=None, metavar="N",
+                     help="encoder actors (default: one per GPU, else one per CPU)")
     add_ray_options(parser)
 
 
 def add_index_commands(commands) -> None:
-    index = commands.add_parser("index", help="encode a dataset with Ray Data and index it in FAISS")
-    index_cmds = index.add_subparsers(dest="index_command", required=True)
-    build = index_cmds.add_parser("build", help="encode a split and write an index directory")
-    build.add_argument("--checkpoint", required=True, help="model or checkpoint directory")
-    build.add_argument("--data", required=True, help="dataset directory")
-    build.add_argument("--out", required=True, help="index directory to write")
+    index = add_command(
+        commands, "index", summary="encode a dataset with Ray Data and index it in FAISS",
+        description="Turns a dataset into searchable binary codes: a Ray Data job runs the "
+                    "trained model over the pairs, and the codes of both modalities go into "
+                    "FAISS indexes in an index directory that `serve` searches. `index build` "
+                    "writes a new one, `index add` appends pairs to one.",
+        examples=["hashgan-ray index build --checkpoint runs/synth/model --data data/synth "
+                  "--out index/synth",
+                  "hashgan-ray index add --index index/synth --data data/more"])
+    index_cmds = index.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
+    build = add_command(
+        index_cmds, "build", summary="encode a split and write an index directory",
+        description="Encodes every pair of a split with the model in an actor pool (Ray "
+                    "Data), in storage order, and writes an index directory: the codes and one "
+                    "FAISS index per modality and shard. flat is exact search; the approximate "
+                    "kinds are for very large databases, and print their recall against exact "
+                    "search. The directory is written under a temporary name and appears only "
+                    "when complete.",
+        examples=["hashgan-ray index build --checkpoint runs/synth/model --data data/synth "
+                  "--out index/synth",
+                  "hashgan-ray index build --checkpoint runs/nus/model --data data/nuswide "
+                  "--out index/nus --kind hnsw --shards 4 --overwrite"])
+    must = required_group(build)
+    must.add_argument("--checkpoint", required=True, metavar="DIR",
+                      help="model or checkpoint directory (RUN_DIR/model)")
+    must.add_argument("--data", required=True, metavar="DIR", help="dataset directory")
+    must.add_argument("--out", required=True, metavar="DIR", help="index directory to write")
     build.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf", "multihash"],
-                       help="flat (exact, default) or an approximate kind for very large databases")
-    build.add_argument("--shards", type=int, default=1, help="contiguous shards (default 1)")
-    build.add_argument("--overwrite", action="store_true")
-    build.add_argument("--recall-k", type=int, default=10,
+                       help="flat: exact search (the default); the others are approximate")
+    build.add_argument("--shards", type=at_least(1), default=1, metavar="S",
+                       help="contiguous shards (serve searches them side by side)")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an existing index (only once the new one is complete)")
+    build.add_argument("--recall-k", type=at_least(1), default=10, metavar="K",
                        help="k of the recall printed for approximate kinds")
-    build.add_argument("--recall-queries", type=int, default=200)
+    build.add_argument("--recall-queries", type=at_least(1), default=200, metavar="N",
+                       help="queries of that recall")
     _add_encode_arguments(build)
     build.set_defaults(func=cmd_index_build)
 
-    add = index_cmds.add_parser("add", help="encode new pairs and add them to an index")
-    add.add_argument("--index", required=True, help="index directory")
-    add.add_argument("--data", required=True, help="dataset directory of the new pairs")
-    add.add_argument("--checkpoint", default=None,
+    add = add_command(
+        index_cmds, "add", summary="encode new pairs and add them to an index",
+        description="Encodes the pairs of another dataset with the index's own model and "
+                    "appends them to the index. An id already in the index is refused before "
+                    "anything is encoded. A running service sees the new pairs after a restart.",
+        examples=["hashgan-ray index add --index index/synth --data data/more",
+                  "hashgan-ray index add --index index/synth --data data/more --split all"])
+    must = required_group(add)
+    must.add_argument("--index", required=True, metavar="DIR", help="index directory")
+    must.add_argument("--data", required=True, metavar="DIR",
+                      help="dataset directory of the new pairs")
+    add.add_argument("--checkpoint", default=None, metavar="DIR",
                      help="the index's model (default: the path in its manifest)")
     _add_encode_arguments(add)
     add.set_defaults(func=cmd_index_add)
 
 
 def add_serve_command(commands) -> None:
-    srv = commands.add_parser("serve", help="answer searches over HTTP (Ray Serve), in the foreground")
-    srv.add_argument("--checkpoint", required=True, help="model or checkpoint directory")
-    srv.add_argument("--index", required=True, help="index directory built for that model")
+    srv = add_command(
+        commands, "serve", summary="answer searches over HTTP (Ray Serve), in the foreground",
+        description="Serves search over an index with Ray Serve: an HTTP API (/v1/search by "
+                    "text or by an indexed item, /v1/search/image by an uploaded image; "
+                    "docs/serving.md) and a search page at /. It refuses an index built with another model before starting "
+                    "anything, listens on 127.0.0.1 unless told otherwise, needs a bearer token "
+                    "when HASHGAN_API_TOKEN is set, and runs until Ctrl-C or SIGTERM.",
+        examples=["hashgan-ray serve --checkpoint runs/synth/model --index index/synth",
+                  "curl -s localhost:8000/v1/search -d '{\"text\": \"sky clouds sunset\", \"k\": 3}'",
+                  "curl -s localhost:8000/v1/search/image -F file=@photo.jpg -F k=5 -F target=text"])
+    must = required_group(srv)
+    must.add_argument("--checkpoint", required=True, metavar="DIR",
+                      help="model or checkpoint directory (RUN_DIR/model)")
+    must.add_argument("--index", required=True, metavar="DIR",
+                      help="index directory built for that model")
     srv.add_argument("--host", default="127.0.0.1",
-                     help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it)")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--encoder-replicas", type=int, default=1,
+                     help="address to listen on (default: 127.0.0.1; 0.0.0.0 exposes it)")
+    srv.add_argument("--port", type=int, default=8000, help="HTTP port")
+    srv.add_argument("--encoder-replicas", type=at_least(1), default=1, metavar="N",
                      help="replicas of the model: of the ingress (layout ingress) or the encoder")
     srv.add_argument("--layout", choices=["ingress", "split"], default=None,
                      help="ingress: model and index in the HTTP replica (default for one shard); "
                           "split: encoder and shard deployments (default for several shards)")
-    srv.add_argument("--request-timeout", type=float, default=30.0,
-                     help="Serve's end-to-end limit per request, seconds (default 30)")
+    srv.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                     help="Serve's end-to-end limit per request")
     add_ray_options(srv)
     srv.set_defaults(func=cmd_serve)

@@ -7,10 +7,12 @@ import os
 
 def add_ray_options(parser, local_cpus: str = "all of this machine's") -> None:
     """--address and --num-cpus; `local_cpus` says what a local Ray gets without --num-cpus."""
+    from hashgan_ray.cli.checks import at_least
+
     group = parser.add_argument_group("Ray")
-    group.add_argument("--address", default=None,
+    group.add_argument("--address", default=None, metavar="ADDR",
                        help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
-    group.add_argument("--num-cpus", type=int, default=None,
+    group.add_argument("--num-cpus", type=at_least(1), default=None, metavar="N",
                        help=f"CPUs of a local Ray (default: {local_cpus})")
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -155,6 +156,35 @@ def iter_pairs(data_dir, split: str | None = None, columns: Sequence[str] | None
                 pending, n_pending = rest.to_batches(), rest.num_rows
     if n_pending:
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def describe_dataset(data_dir) -> str:
+    """A summary for a person (`hashgan-ray data info`): pairs per split,
+    vocabulary, labels and the most frequent ones, one example pair."""
+    meta = read_meta(data_dir)
+    label_freq: Counter = Counter()
+    words = n = 0
+    example = None
+    for batch in iter_pairs(data_dir, columns=["id", "text", "labels", "split"], batch_size=4096):
+        rows = batch.to_pydict()
+        example = example or {k: v[0] for k, v in rows.items()}
+        for labels, text in zip(rows["labels"], rows["text"]):
+            label_freq.update(labels)
+            words += len(text)
+            n += 1
+    top = ", ".join(f"{meta.label_names[i]} {c}" for i, c in label_freq.most_common(5))
+    ex_words = " ".join(meta.vocabulary[i] for i in example["text"][:12])
+    ex_labels = ", ".join(meta.label_names[i] for i in example["labels"])
+    c = meta.counts
+    return "\n".join([
+        f"dataset {meta.name} ({meta.source}) at {data_dir}",
+        f"  pairs: {c['total']} = query {c['query']} + train {c['train']} + database {c['database']}"
+        f" (retrieval database = train + database = {meta.split_size('database')})",
+        f"  text: {meta.vocab_size} words, {words / max(n, 1):.1f} per pair",
+        f"  labels: {meta.num_labels}, most frequent: {top}",
+        f"  images: column '{meta.image_column}', resized to {meta.image_size}x{meta.image_size}",
+        f"  example: id {example['id']} [{example['split']}] labels: {ex_labels}; words: {ex_words}",
+    ])
 
 
 def dataset_fingerprint(data_dir) -> str:

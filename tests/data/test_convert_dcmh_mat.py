@@ -1,7 +1,6 @@
 """DCMH .mat converter on tiny v5 and v7.3 files in the layouts DCMH ships."""
 from __future__ import annotations
 
-import argparse
 import io
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
+from hashgan_ray.cli import build_parser, main
 from hashgan_ray.data.convert import dcmh_mat
 from hashgan_ray.data.format import DataError, read_pairs
 
@@ -214,13 +214,12 @@ def test_default_name(path, name):
 
 def test_cli_run(tmp_path, capsys):
     files = split_files(tmp_path / "mat")
-    parser = argparse.ArgumentParser()
-    dcmh_mat.add_arguments(parser)
     out = tmp_path / "cli"
-    args = parser.parse_args(["--src", *map(str, files), "--out", str(out),
-                              "--query", "1", "--train", "1"])
+    argv = ["data", "convert", "dcmh-mat", "--src", *map(str, files), "--out", str(out),
+            "--query", "1", "--train", "1"]
+    args = build_parser().parse_args(argv)
     assert args.image_size is None and not hasattr(args, "link_images")
-    dcmh_mat.run(args)
+    assert main(argv) == 0
     assert "pairs kept: 4" in capsys.readouterr().out
     assert (out / "meta.json").is_file()
 

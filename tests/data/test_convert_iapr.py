@@ -1,13 +1,13 @@
 """IAPR TC-12 converter on a tiny copy of the official layout."""
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from hashgan_ray.cli import build_parser, main
 from hashgan_ray.data.convert import iapr
 from hashgan_ray.data.format import DataError, read_pairs
 
@@ -160,13 +160,12 @@ def test_threshold_too_high(tmp_path):
 
 def test_cli_run(tmp_path, capsys):
     src, labels = make_iapr(tmp_path)
-    parser = argparse.ArgumentParser()
-    iapr.add_arguments(parser)
     out = tmp_path / "cli"
-    args = parser.parse_args(["--src", str(src), "--labels", str(labels), "--out", str(out),
-                              "--min-word-count", "2", "--query", "2", "--train", "2"])
+    argv = ["data", "convert", "iapr", "--src", str(src), "--labels", str(labels),
+            "--out", str(out), "--min-word-count", "2", "--query", "2", "--train", "2"]
+    args = build_parser().parse_args(argv)
     assert (args.images, args.annotations, args.link_images) == (None, None, False)
-    iapr.run(args)
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "pairs kept: 5" in printed and "no vocabulary word: 1" in printed
     assert (out / "meta.json").is_file()

@@ -1,7 +1,6 @@
 """The MIRFlickr-25K converter on a 15-image copy of the two unpacked archives."""
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hashgan_ray.cli import build_parser, main
 from hashgan_ray.data.convert import mirflickr
 from hashgan_ray.data.format import DataError, read_meta, read_pairs
 
@@ -149,14 +149,12 @@ def test_split_depends_on_seed_only(src, tmp_path):
 
 
 def test_cli_arguments_and_run(src, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    mirflickr.add_arguments(parser)
-    defaults = parser.parse_args(["--src", str(src), "--out", "x"])
+    command = ["data", "convert", "mirflickr", "--src", str(src)]
+    defaults = build_parser().parse_args([*command, "--out", "x"])
     assert (defaults.query, defaults.train, defaults.min_tag_count) == (2000, 10000, 20)
     assert defaults.images is defaults.tags is defaults.annotations is None
-    args = parser.parse_args(["--src", str(src), "--out", str(tmp_path / "out"),
-                              "--min-tag-count", "2", "--query", "1", "--train", "2"])
-    mirflickr.run(args)
+    assert main([*command, "--out", str(tmp_path / "out"), "--min-tag-count", "2",
+                 "--query", "1", "--train", "2"]) == 0
     assert "pairs kept: 8" in capsys.readouterr().out
     assert read_meta(tmp_path / "out").counts["query"] == 1
 

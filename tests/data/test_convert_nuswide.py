@@ -1,7 +1,6 @@
 """The NUS-WIDE converter on a 12-image copy of the official layout."""
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hashgan_ray.cli import build_parser, main
 from hashgan_ray.data.convert import nuswide
 from hashgan_ray.data.format import DataError, read_meta, read_pairs
 
@@ -165,14 +165,12 @@ def test_split_depends_on_seed_only(src, tmp_path):
 
 
 def test_cli_arguments_and_run(src, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    nuswide.add_arguments(parser)
-    defaults = parser.parse_args(["--src", str(src), "--out", "x"])
+    command = ["data", "convert", "nuswide", "--src", str(src)]
+    defaults = build_parser().parse_args([*command, "--out", "x"])
     assert (defaults.query, defaults.train, defaults.top_concepts) == (2100, 10500, 21)
     assert defaults.images is None and not defaults.link_images
-    args = parser.parse_args(["--src", str(src), "--out", str(tmp_path / "out"),
-                              "--top-concepts", "3", "--query", "1", "--train", "2"])
-    nuswide.run(args)
+    assert main([*command, "--out", str(tmp_path / "out"), "--top-concepts", "3",
+                 "--query", "1", "--train", "2"]) == 0
     assert "pairs kept: 7" in capsys.readouterr().out
     assert read_meta(tmp_path / "out").counts["query"] == 1
 

@@ -129,30 +129,3 @@ def parse_binary_row(line: str, path: Path, lineno: int, width: int | None) -> l
         out.append(int(v))
     return out
 
-
-def add_common_arguments(parser, *, query: int, train: int, link_images: bool = True) -> None:
-    """Options every `data convert` subcommand has; defaults are the DCMH split sizes."""
-    parser.add_argument("--out", required=True, help="dataset directory to write")
-    by_name = "the dataset's DCMH protocol size"   # when the default depends on --name
-    parser.add_argument("--query", type=int, default=query,
-                        help=f"query pairs (default {by_name if query is None else query})")
-    parser.add_argument("--train", type=int, default=train,
-                        help="training pairs, drawn from the database "
-                             f"(default {by_name if train is None else train})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="side that loaders resize images to, recorded in meta.json")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing dataset (only once the new one is complete)")
-    if link_images:
-        parser.add_argument("--link-images", action="store_true",
-                            help="store absolute image paths instead of embedding the image "
-                                 "bytes (smaller, but every Ray node must see the same paths)")
-
-
-def print_result(meta, report: Report | None, out) -> None:
-    """The final report a person reads after a conversion (or generation)."""
-    if report is not None:
-        print(report.format())
-    print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in meta.counts.items())
-          + f"; vocabulary {meta.vocab_size} words, {meta.num_labels} labels")

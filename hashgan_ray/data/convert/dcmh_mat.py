@@ -65,7 +65,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from hashgan_ray.data.convert.common import Report, add_common_arguments, print_result, progress, read_names
+from hashgan_ray.data.convert.common import Report, progress, read_names
 from hashgan_ray.data.format import DataError, DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.images import encode_png
 from hashgan_ray.data.splits import PROTOCOL_SIZES
@@ -197,28 +197,6 @@ def _describe(source: Source) -> dict:
             for role, v in (("images", source.images), ("text", source.text),
                             ("labels", source.labels))}
 
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--src", type=Path, nargs="+", required=True,
-                        help="the .mat file(s) holding IAll (or images), YAll and LAll")
-    parser.add_argument("--name", default=None,
-                        help="dataset name (default from the file name: nuswide, mirflickr, "
-                             "iapr or the stem); picks the DCMH split sizes for --query/--train")
-    parser.add_argument("--vocabulary", type=Path, default=None,
-                        help="text file with one word per YAll column (default w0000, w0001, ...)")
-    parser.add_argument("--label-names", type=Path, default=None,
-                        help="text file with one name per LAll column (default l00, l01, ...)")
-    # None: the split sizes follow --name, the image size the stored images.
-    add_common_arguments(parser, query=None, train=None, link_images=False)
-    parser.set_defaults(image_size=None)
-
-
-def run(args) -> None:
-    meta, report = convert(args.src, args.out, name=args.name, vocabulary=args.vocabulary,
-                           label_names=args.label_names, n_query=args.query,
-                           n_train=args.train, seed=args.seed, image_size=args.image_size,
-                           overwrite=args.overwrite)
-    print_result(meta, report, args.out)
 
 
 def default_name(path: Path) -> str:

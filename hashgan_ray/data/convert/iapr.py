@@ -53,8 +53,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from hashgan_ray.data.convert.common import (Report, add_common_arguments, add_pair_or_drop,
-                                             print_result, progress, read_lines, read_text)
+from hashgan_ray.data.convert.common import Report, add_pair_or_drop, progress, read_lines, read_text
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 
@@ -143,33 +142,6 @@ def write_pairs(writer: DatasetWriter, report: Report, records: list[Record],
             add_pair_or_drop(writer, report, record.id, record.image, text, sorted(label_index[n] for n in names),
                       link_images)
 
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--src", type=Path, required=True,
-                        help="unpacked iaprtc12 directory (holds images/ and "
-                             "annotations_complete_eng/)")
-    parser.add_argument("--labels", type=Path, required=True,
-                        help="labels file: one line per image, '<key> <label> [<label> ...]', "
-                             "key '00/25' (path under images/ without extension) or '25'")
-    parser.add_argument("--images", type=Path, default=None,
-                        help="image directory holding <NN>/<id>.jpg (default SRC/images)")
-    parser.add_argument("--annotations", type=Path, default=None,
-                        help="directory holding <NN>/<id>.eng "
-                             "(default SRC/annotations_complete_eng)")
-    parser.add_argument("--min-word-count", type=int, default=DEFAULT_MIN_WORD_COUNT,
-                        help="keep words found in at least this many descriptions "
-                             f"(default {DEFAULT_MIN_WORD_COUNT})")
-    query, train = PROTOCOL_SIZES["iapr"]
-    add_common_arguments(parser, query=query, train=train)
-
-
-def run(args) -> None:
-    meta, report = convert(args.src, args.out, labels=args.labels, images=args.images,
-                           annotations=args.annotations, min_word_count=args.min_word_count,
-                           n_query=args.query, n_train=args.train, seed=args.seed,
-                           image_size=args.image_size, link_images=args.link_images,
-                           overwrite=args.overwrite)
-    print_result(meta, report, args.out)
 
 
 # -- annotation records ------------------------------------------------------------

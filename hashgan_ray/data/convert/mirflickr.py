@@ -36,8 +36,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from hashgan_ray.data.convert.common import (Report, add_common_arguments, add_pair_or_drop,
-                                             print_result, progress, read_lines)
+from hashgan_ray.data.convert.common import Report, add_pair_or_drop, progress, read_lines
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 
@@ -46,7 +45,8 @@ IMAGE_NUMBER = re.compile(r"[0-9]+")
 
 
 def convert(src, out, *, images=None, tags=None, annotations=None, min_tag_count: int = 20,
-            n_query: int, n_train: int, seed: int = 0, image_size: int = 224,
+            n_query: int = PROTOCOL_SIZES["mirflickr"][0],
+            n_train: int = PROTOCOL_SIZES["mirflickr"][1], seed: int = 0, image_size: int = 224,
             link_images: bool = False, overwrite: bool = False) -> tuple[DatasetMeta, Report]:
     """Convert MIRFlickr-25K into a dataset at `out`. `images` (default SRC), `tags`
     (default SRC/meta/tags) and `annotations` (default SRC/annotations) override
@@ -85,30 +85,6 @@ def convert(src, out, *, images=None, tags=None, annotations=None, min_tag_count
                              n_query=n_query, n_train=n_train, seed=seed, extra=extra)
     return meta, report
 
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--src", type=Path, required=True,
-                        help="the unpacked mirflickr directory (im<N>.jpg, meta/tags/)")
-    parser.add_argument("--images", type=Path, default=None,
-                        help="directory of im<N>.jpg (default SRC)")
-    parser.add_argument("--tags", type=Path, default=None,
-                        help="directory of tags<N>.txt (default SRC/meta/tags)")
-    parser.add_argument("--annotations", type=Path, default=None,
-                        help="directory of the <concept>.txt files (default SRC/annotations)")
-    parser.add_argument("--min-tag-count", type=int, default=20,
-                        help="vocabulary = tags on at least this many images "
-                             "(default 20, the DCMH setting)")
-    query, train = PROTOCOL_SIZES["mirflickr"]
-    add_common_arguments(parser, query=query, train=train)
-
-
-def run(args) -> None:
-    meta, report = convert(args.src, args.out, images=args.images, tags=args.tags,
-                           annotations=args.annotations, min_tag_count=args.min_tag_count,
-                           n_query=args.query, n_train=args.train, seed=args.seed,
-                           image_size=args.image_size, link_images=args.link_images,
-                           overwrite=args.overwrite)
-    print_result(meta, report, args.out)
 
 
 # -- reading tags and annotations ------------------------------------------------

@@ -42,9 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hashgan_ray.data.convert.common import (Report, add_common_arguments, add_pair_or_drop,
-                                             parse_binary_row, print_result, progress, read_lines,
-                                             read_names)
+from hashgan_ray.data.convert.common import (Report, add_pair_or_drop, parse_binary_row,
+                                             progress, read_lines, read_names)
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 
@@ -56,7 +55,8 @@ LABEL_DIR = Path("Groundtruth/AllLabels")
 BINARY = {"0", "1"}
 
 
-def convert(src, out, *, images=None, top_concepts: int = 21, n_query: int, n_train: int,
+def convert(src, out, *, images=None, top_concepts: int = 21,
+            n_query: int = PROTOCOL_SIZES["nuswide"][0], n_train: int = PROTOCOL_SIZES["nuswide"][1],
             seed: int = 0, image_size: int = 224, link_images: bool = False,
             overwrite: bool = False) -> tuple[DatasetMeta, Report]:
     """Convert the NUS-WIDE files under `src` into a dataset at `out`.
@@ -94,26 +94,6 @@ def convert(src, out, *, images=None, top_concepts: int = 21, n_query: int, n_tr
                              n_query=n_query, n_train=n_train, seed=seed, extra=extra)
     return meta, report
 
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--src", type=Path, required=True,
-                        help="directory with ImageList/, NUS_WID_Tags/, ConceptsList/ "
-                             "and Groundtruth/")
-    parser.add_argument("--images", type=Path, default=None,
-                        help="image root holding <dir>/<file>.jpg (default SRC/Flickr)")
-    parser.add_argument("--top-concepts", type=int, default=21,
-                        help="keep the N most frequent concepts and the images carrying one "
-                             "(default 21, the DCMH protocol)")
-    query, train = PROTOCOL_SIZES["nuswide"]
-    add_common_arguments(parser, query=query, train=train)
-
-
-def run(args) -> None:
-    meta, report = convert(args.src, args.out, images=args.images,
-                           top_concepts=args.top_concepts, n_query=args.query,
-                           n_train=args.train, seed=args.seed, image_size=args.image_size,
-                           link_images=args.link_images, overwrite=args.overwrite)
-    print_result(meta, report, args.out)
 
 
 # -- reading the annotation files ------------------------------------------------
