@@ -136,3 +136,20 @@ class TrainConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
         return cls.from_dict(values)
+
+
+def runs_that_fit(cfg: TrainConfig, cluster: dict, *, cpus_beside_each: float = 0.0,
+                  cpus_shared: float = 0.0) -> int:
+    """Training runs of `cfg` that the cluster's resources (ray.cluster_resources(),
+    e.g. {"CPU": 16.0, "GPU": 2.0}) hold at once; at least 1, as a run that does not
+    fit waits for Ray rather than being refused here. A run takes its workers' CPUs
+    and GPUs and `cpus_beside_each` more; `cpus_shared` are kept once for all runs.
+    The experiment's cells and Tune's trials differ only in those two (their
+    callers say why)."""
+    limits = []
+    cpus = cfg.workers * cfg.cpus_per_worker + cpus_beside_each
+    if cpus > 0:
+        limits.append((cluster.get("CPU", 0) - cpus_shared) // cpus)
+    if cfg.gpus_per_worker > 0:
+        limits.append(cluster.get("GPU", 0) // (cfg.workers * cfg.gpus_per_worker))
+    return max(1, int(min(limits, default=1)))

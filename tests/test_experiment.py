@@ -2,10 +2,14 @@
 import json
 import re
 
+import pytest
+
 from hashgan_ray.cli import main
-from hashgan_ray.experiment.grid import all_settings, build_grid, method_of, partial_label_settings
+from hashgan_ray.config import METHODS, TrainConfig, runs_that_fit
+from hashgan_ray.experiment.grid import (all_settings, build_grid, cells_that_fit, method_of,
+                                         partial_label_settings)
 from hashgan_ray.experiment.report import fmt
-from hashgan_ray.config import METHODS
+from hashgan_ray.tuning.search import trials_that_fit
 
 TINY = ["--text-hidden", "32", "--text-features", "16", "--batch-size", "16",
         "--val-database", "40", "--lr", "1e-3", "--epochs", "1"]
@@ -27,6 +31,32 @@ def test_the_grid_takes_its_rows_from_the_method_registry():
     assert {c.bits for c in cells if c.labeled_fraction < 1} == {16}
     assert {c.setting for c in cells if c.backbone == "vgg19"} == {"hashgan-both"}
     assert [c.seed for c in cells] == sorted(c.seed for c in cells)     # seed by seed
+
+
+@pytest.mark.parametrize("options, cluster, beside, shared, fits", [
+    ({}, {"CPU": 8.0}, 0, 0, 8),                                  # CPU only, one CPU per run
+    ({"workers": 2, "cpus_per_worker": 1.5}, {"CPU": 8.0}, 0, 0, 2),     # 8 // 3
+    ({}, {"CPU": 8.0}, 1, 0, 4),                                  # a CPU beside each run
+    ({}, {"CPU": 8.0}, 0.01, 1, 6),                               # one CPU kept for all: 7 // 1.01
+    ({"workers": 2, "gpus_per_worker": 1.0}, {"CPU": 64.0, "GPU": 4.0}, 0, 0, 2),  # GPUs bind
+    ({"gpus_per_worker": 0.5}, {"CPU": 2.0, "GPU": 4.0}, 0, 0, 2),                 # CPUs bind
+    ({"workers": 4}, {"CPU": 2.0}, 0, 0, 1),                      # too small: one waits for Ray
+    ({"gpus_per_worker": 1.0}, {"CPU": 8.0}, 0, 0, 1),            # no GPU at all: still one
+    ({"cpus_per_worker": 0.0, "gpus_per_worker": 1.0}, {"CPU": 1.0, "GPU": 3.0}, 0, 0, 3),
+    ({"cpus_per_worker": 0.0}, {"CPU": 8.0}, 0, 0, 1),            # asks for nothing: one
+])
+def test_runs_that_fit_the_cluster(options, cluster, beside, shared, fits):
+    cfg = TrainConfig(**options)
+    assert runs_that_fit(cfg, cluster, cpus_beside_each=beside, cpus_shared=shared) == fits
+
+
+def test_cells_and_trials_count_their_data_cpus_through_the_one_helper():
+    cluster = {"CPU": 8.0}
+    cached, streamed = TrainConfig(cache_train=True), TrainConfig(cache_train=False)
+    assert cells_that_fit(cached, cluster) == runs_that_fit(cached, cluster) == 8
+    assert cells_that_fit(streamed, cluster) == runs_that_fit(streamed, cluster,
+                                                              cpus_beside_each=1) == 4
+    assert trials_that_fit(cached, cluster) == 6          # Ray Data's CPU kept once, 0.01 per trial
 
 
 def section(report: str, title: str) -> str:

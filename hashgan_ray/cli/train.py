@@ -138,23 +138,24 @@ def cmd_eval(args) -> None:
 
     from hashgan_ray.config import ORACLE
     from hashgan_ray.data.oracle import Oracle
-    from hashgan_ray.evaluation.evaluate import encode_split, plot_attention_masks, pr_curves, retrieval_map
+    from hashgan_ray.evaluation.evaluate import evaluate_model
     from hashgan_ray.evaluation.metrics import plot_pr_curves
     from hashgan_ray.model.checkpoint import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, config = load_model(args.checkpoint, device)
+    meta = dataset(args.data)
     # A model trained with the true masks is evaluated with them (data/oracle.py).
-    oracle = Oracle(args.data) if config.get("train", {}).get("attention") == ORACLE else None
-    query = encode_split(model, args.data, "query", device=device, oracle=oracle)
-    database = encode_split(model, args.data, "database", device=device, oracle=oracle)
-    result = {**retrieval_map(query, database, top_k=args.top_k), "bits": model.bits,
-              "n_query": len(query.ids), "n_database": len(database.ids), "top_k": args.top_k}
+    oracle = (Oracle(args.data, meta=meta) if config.get("train", {}).get("attention") == ORACLE
+              else None)
     os.makedirs(args.figures, exist_ok=True)
-    plot_pr_curves(pr_curves(query, database), os.path.join(args.figures, "pr_curves.png"),
+    masks = (os.path.join(args.figures, "attention_masks.png")
+             if model.attention.image is not None else None)
+    result = evaluate_model(model, args.data, meta, oracle=oracle, top_k=args.top_k, pr=True,
+                            masks_path=masks)
+    plot_pr_curves(result.pop("pr"), os.path.join(args.figures, "pr_curves.png"),
                    title=f"precision-recall, {model.bits} bits")
-    if model.attention.image is not None:
-        plot_attention_masks(model, args.data, os.path.join(args.figures, "attention_masks.png"))
+    result.update(bits=model.bits, top_k=args.top_k)
     print(f"MAP i->t {result['map_i2t']:.4f}  t->i {result['map_t2i']:.4f}  "
           f"({result['n_query']} queries, {result['n_database']} database, {model.bits} bits"
           + (f", top {args.top_k}" if args.top_k else "") + f"); figures in {args.figures}")

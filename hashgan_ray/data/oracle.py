@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hashgan_ray.data.format import DataError, read_meta
+from hashgan_ray.data.format import DataError, DatasetMeta, read_meta
 
 ORACLE_FILE = "oracle.parquet"
 SCHEMA = pa.schema([("id", pa.int64()), ("boxes", pa.list_(pa.int16())),
@@ -53,12 +53,13 @@ def write_oracle(directory, ids: Sequence[int], boxes: Sequence[Sequence[int]],
 class Oracle:
     """A dataset's oracle masks, held in memory (a few integers per pair)."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, meta: DatasetMeta | None = None):
+        """`meta`: the dataset's, where the caller has read it already."""
         path = Path(data_dir) / ORACLE_FILE
         if not path.is_file():
             raise DataError(f"{path}: missing; oracle masks exist only for datasets written by "
                             "`hashgan-ray data synth` (attention 'oracle' needs them)")
-        meta = read_meta(data_dir)
+        meta = meta or read_meta(data_dir)
         self.image_size, self.vocab_size = meta.image_size, meta.vocab_size
         table = pq.read_table(path)
         ids = table.column("id").to_numpy()

@@ -1,6 +1,9 @@
 """Encode dataset splits with a model and measure retrieval (no Ray).
 
-Used by the per-epoch validation of training and by `hashgan-ray eval`.
+Used by the per-epoch validation of training; `evaluate_model` is the one
+evaluation of a trained model, for `hashgan-ray eval` and the experiment's cells.
+Functions that decode pairs take the dataset's `meta` (read once by the caller;
+read here when not given).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from hashgan_ray.data.format import iter_pairs, read_meta, read_pairs
+from hashgan_ray.data.format import DatasetMeta, iter_pairs, read_meta, read_pairs
 from hashgan_ray.data.loading import BatchSpec, decode_batch
 from hashgan_ray.evaluation import metrics
 from hashgan_ray.files import save_figure
@@ -53,12 +56,18 @@ def encode_arrays(model: HashGAN, image: np.ndarray, text: np.ndarray,
     return pack_codes(model.encode_image(image)), pack_codes(model.encode_text(text))
 
 
+def _batch_spec(model: HashGAN, data_dir, meta: DatasetMeta | None) -> BatchSpec:
+    """How to decode the pairs for `model` (its image size)."""
+    return BatchSpec.from_meta(meta or read_meta(data_dir), model.args["image_size"])
+
+
 @torch.no_grad()
 def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_size: int = 256,
-                 only_ids: np.ndarray | None = None, oracle=None) -> Encoded:
+                 only_ids: np.ndarray | None = None, oracle=None,
+                 meta: DatasetMeta | None = None) -> Encoded:
     """Codes of every pair of `split` (or of `only_ids` in it), attended features
     only (by the true masks with an `oracle`, see encode_arrays)."""
-    spec = BatchSpec.from_meta(read_meta(data_dir), model.args["image_size"])
+    spec = _batch_spec(model, data_dir, meta)
     wanted = pa.array(only_ids) if only_ids is not None else None
     model.eval()
     parts: list[tuple] = []
@@ -78,11 +87,12 @@ def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_si
 
 @torch.no_grad()
 def attended_share(model: HashGAN, data_dir, split: str = "query", *, oracle=None,
-                   device="cpu", batch_size: int = 256) -> dict[str, float]:
+                   device="cpu", batch_size: int = 256,
+                   meta: DatasetMeta | None = None) -> dict[str, float]:
     """Mean share of attended image positions and of attended text features
     over `split` (1.0 for a modality without attention). With an `oracle`: its
     image masks, and for text the share of the words that are label words."""
-    spec = BatchSpec.from_meta(read_meta(data_dir), model.args["image_size"])
+    spec = _batch_spec(model, data_dir, meta)
     model.eval()
     image_sum = text_sum = 0.0
     n = 0
@@ -136,14 +146,15 @@ def pr_curves(query: Encoded, database: Encoded) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def plot_attention_masks(model: HashGAN, data_dir, path, *, n: int = 8, split: str = "query") -> None:
+def plot_attention_masks(model: HashGAN, data_dir, path, *, n: int = 8, split: str = "query",
+                         meta: DatasetMeta | None = None) -> None:
     """The paper's Figure 6: images, their learned masks, and the attended and
     unattended parts (mask upsampled to the image)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spec = BatchSpec.from_meta(read_meta(data_dir), model.args["image_size"])
+    spec = _batch_spec(model, data_dir, meta)
     rb = next(iter_pairs(data_dir, split, columns=spec.columns, batch_size=n))
     images = decode_batch(rb.to_pydict(), spec)["image"]                 # (n, 3, S, S) uint8
     model.eval()
@@ -168,3 +179,43 @@ def plot_attention_masks(model: HashGAN, data_dir, path, *, n: int = 8, split: s
     fig.suptitle("learned image attention (mask = P >= α)")
     save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def _json_curve(values: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]      # NaN: undefined (metrics.pr_curve)
+
+
+def evaluate_model(model: HashGAN, data_dir, meta: DatasetMeta, *, oracle=None,
+                   top_k: int | None = None, also_top_k: int | None = None,
+                   attended: bool = False, pr: bool = False, masks_path=None) -> dict:
+    """Encode the query and database splits with `model` (on its device) and
+    measure retrieval; the one evaluation of `hashgan-ray eval` and of an
+    experiment's cell. `oracle` (data/oracle.py): encode with the true masks, as
+    the oracle setting trains. Returns, JSON-ready:
+
+    map_i2t, map_t2i   MAP over the `top_k` nearest (None: the whole database)
+    top{k}_map_i2t, top{k}_map_t2i   with `also_top_k` k (Table 2: top-500)
+    attended_image, attended_text    with `attended`: shares over the queries (attended_share)
+    n_query, n_database
+    pr                 with `pr`: {"I->T"|"T->I": {"precision": [...], "recall": [...]}},
+                       None where a Hamming radius is undefined (metrics.pr_curve)
+
+    `masks_path`: also draw the paper's Figure 6 there (plot_attention_masks)."""
+    device = next(model.parameters()).device
+    query = encode_split(model, data_dir, "query", oracle=oracle, device=device, meta=meta)
+    database = encode_split(model, data_dir, "database", oracle=oracle, device=device, meta=meta)
+    result = retrieval_map(query, database, top_k=top_k)
+    if also_top_k:
+        result.update({f"top{also_top_k}_{k}": v
+                       for k, v in retrieval_map(query, database, top_k=also_top_k).items()})
+    if attended:
+        result.update(attended_share(model, data_dir, "query", oracle=oracle, device=device,
+                                     meta=meta))
+    result.update(n_query=len(query.ids), n_database=len(database.ids))
+    if pr:
+        result["pr"] = {name: {"precision": _json_curve(c["precision"]),
+                               "recall": _json_curve(c["recall"])}
+                        for name, c in pr_curves(query, database).items()}
+    if masks_path is not None:
+        plot_attention_masks(model, data_dir, masks_path, meta=meta)
+    return result

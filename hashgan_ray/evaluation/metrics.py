@@ -475,8 +475,9 @@ def plot_pr_curves(curves: dict[str, dict], path, title: str | None = None) -> N
     """Write a PNG of precision (y) against recall (x), one line per named curve.
 
     curves maps a name (e.g. "I->T", "T->I") to a pr_curve() result (at least
-    "precision" and "recall"). The file is written atomically: rendered to a
-    temporary file in the same directory, then renamed over `path`.
+    "precision" and "recall"; or lists with None for NaN, as evaluate_model
+    gives). The file is written atomically: rendered to a temporary file in the
+    same directory, then renamed over `path`.
     """
     if not isinstance(curves, dict) or not curves:
         raise ValueError("curves must be a non-empty dict of name -> pr_curve() result")
@@ -494,8 +495,9 @@ def plot_pr_curves(curves: dict[str, dict], path, title: str | None = None) -> N
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for name, curve in curves.items():
-        ax.plot(np.asarray(curve["recall"]), np.asarray(curve["precision"]),
-                marker=".", label=str(name))
+        # float: a radius left undefined (NaN, or None in JSON curves) leaves a gap
+        ax.plot(np.asarray(curve["recall"], dtype=float),
+                np.asarray(curve["precision"], dtype=float), marker=".", label=str(name))
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)

@@ -30,7 +30,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 try:
@@ -38,11 +37,10 @@ try:
 except ImportError:      # run_cell with its own `fit` works without Ray (benchmarks/attention_study.py)
     ray = None
 
-from hashgan_ray.config import ATTENTION, METHODS, ORACLE, TrainConfig
+from hashgan_ray.config import ATTENTION, METHODS, ORACLE, TrainConfig, runs_that_fit
 from hashgan_ray.data.format import read_meta
 from hashgan_ray.data.oracle import Oracle
-from hashgan_ray.evaluation.evaluate import (attended_share, encode_split, plot_attention_masks,
-                                             pr_curves, retrieval_map)
+from hashgan_ray.evaluation.evaluate import evaluate_model
 from hashgan_ray.files import write_text
 from hashgan_ray.model.checkpoint import WEIGHTS, load_model
 from hashgan_ray.train.methods import trainer_class
@@ -129,31 +127,6 @@ def build_grid(datasets: dict[str, str], *, bits: list[int], seeds: int, backbon
     return cells
 
 
-def _json_curve(values: np.ndarray) -> list:
-    return [None if np.isnan(v) else float(v) for v in values]      # NaN: undefined (metrics.pr_curve)
-
-
-def evaluate_cell(model, data, *, with_pr: bool, masks_path: Path | None, oracle=None) -> dict:
-    """Whole-database MAP both ways, top-500 MAP, PR curves, the mask figure, and
-    the attended share of image positions and text features over the queries.
-    `oracle`: the attention setting 'oracle' encodes with the true masks. Runs on
-    the model's device."""
-    device = next(model.parameters()).device
-    query = encode_split(model, data, "query", oracle=oracle, device=device)
-    database = encode_split(model, data, "database", oracle=oracle, device=device)
-    top = retrieval_map(query, database, top_k=TOP_K)
-    result = {**retrieval_map(query, database), **{f"top{TOP_K}_{k}": v for k, v in top.items()},
-              **attended_share(model, data, "query", oracle=oracle, device=device),
-              "n_query": len(query.ids), "n_database": len(database.ids), "pr": None}
-    if with_pr:
-        result["pr"] = {name: {"precision": _json_curve(c["precision"]),
-                               "recall": _json_curve(c["recall"])}
-                        for name, c in pr_curves(query, database).items()}
-    if masks_path is not None:
-        plot_attention_masks(model, data, masks_path)
-    return result
-
-
 def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, fit=None,
              device="cpu") -> dict:
     """Train (unless its model is exported already), evaluate on `device`, write
@@ -161,6 +134,7 @@ def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, f
     (train/loop.py)."""
     directory = Path(cfg.out).parent
     started = time.perf_counter()
+    meta = read_meta(cfg.data)
     if not (Path(cfg.out) / "model" / WEIGHTS).is_file():
         if fit is None:
             from hashgan_ray.train.loop import fit
@@ -168,11 +142,14 @@ def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, f
     trained = time.perf_counter()
     torch.set_num_threads(max(1, int(cfg.workers * cfg.cpus_per_worker)))   # the workers' CPUs, now free
     model, _ = load_model(Path(cfg.out) / "model", device)
-    result = {"cell": asdict(cell), "config": cfg.to_dict(),
-              **evaluate_cell(model, cfg.data, with_pr=with_pr,
-                              masks_path=directory / MASKS if with_masks else None,
-                              oracle=Oracle(cfg.data) if cfg.attention == ORACLE else None),
-              "masks": MASKS if with_masks else None,
+    # Whole-database MAP both ways, top-500 MAP, the attended shares over the
+    # queries, PR curves and the mask figure where asked.
+    evaluation = evaluate_model(
+        model, cfg.data, meta, also_top_k=TOP_K, attended=True, pr=with_pr,
+        masks_path=directory / MASKS if with_masks else None,
+        oracle=Oracle(cfg.data, meta=meta) if cfg.attention == ORACLE else None)
+    result = {"cell": asdict(cell), "config": cfg.to_dict(), **evaluation,
+              "pr": evaluation.get("pr"), "masks": MASKS if with_masks else None,
               "train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
     write_text(directory / RESULT, json.dumps(result, indent=1))
     return result
@@ -205,14 +182,9 @@ def finished_result(cell: Cell, cfg: TrainConfig, out) -> dict | None:
 
 
 def cells_that_fit(cfg: TrainConfig, cluster: dict) -> int:
-    """Cells side by side: the cluster's CPUs (and GPUs) over one run's workers.
-    With cache_train a run's Ray Data tasks finish before its workers start; a
-    streaming run needs a CPU beside them."""
-    per_cell = cfg.workers * cfg.cpus_per_worker + (0 if cfg.cache_train else 1)
-    fits = cluster.get("CPU", 0) // per_cell
-    if cfg.gpus_per_worker > 0:
-        fits = min(fits, cluster.get("GPU", 0) // (cfg.workers * cfg.gpus_per_worker))
-    return max(1, int(fits))
+    """Cells side by side. With cache_train a run's Ray Data tasks finish before
+    its workers start; a streaming run needs a CPU beside them."""
+    return runs_that_fit(cfg, cluster, cpus_beside_each=0 if cfg.cache_train else 1)
 
 
 def describe(cell: Cell, result: dict) -> str:

@@ -27,7 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from hashgan_ray.config import TrainConfig
+from hashgan_ray.config import TrainConfig, runs_that_fit
 from hashgan_ray.data.format import read_meta
 from hashgan_ray.files import save_figure, write_text
 from hashgan_ray.train.loop import fit
@@ -138,11 +138,8 @@ def cpus_needed(cfg: TrainConfig, trials: int = 1) -> float:
 
 
 def trials_that_fit(cfg: TrainConfig, cluster: dict) -> int:
-    """Concurrent trials the cluster's CPUs (and GPUs) hold at once, at least 1."""
-    fits = (cluster.get("CPU", 0) - DATA_CPUS) // (cpus_needed(cfg) - DATA_CPUS)
-    if cfg.gpus_per_worker > 0:
-        fits = min(fits, cluster.get("GPU", 0) // (cfg.workers * cfg.gpus_per_worker))
-    return max(1, int(fits))
+    """Concurrent trials the cluster holds at once, counted as cpus_needed does."""
+    return runs_that_fit(cfg, cluster, cpus_beside_each=TRIAL_CPUS, cpus_shared=DATA_CPUS)
 
 
 class TrialLog(tune.Callback):
