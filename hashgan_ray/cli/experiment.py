@@ -13,10 +13,10 @@ from hashgan_ray.cli.train import add_train_arguments, train_config
 
 
 def cmd_tune(args) -> None:
-    from hashgan_ray.tuning.search import cpus_needed, default_space_path, read_space, search
-
     cfg = train_config(args)
     training_fits(cfg, dataset(cfg.data), cfg.data)
+    from hashgan_ray.tuning.search import cpus_needed, default_space_path, read_space, search
+
     space = read_space(args.space or default_space_path())       # bad files fail before Ray starts
     connect_ray(args.address, args.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))))
     done = search(cfg, space, samples=args.samples, max_concurrent=args.max_concurrent)
@@ -33,27 +33,30 @@ def _check_grid(args, base) -> None:
     """What run_paper would refuse only once Ray is up: every dataset, every
     code length, the settings."""
     from hashgan_ray.config import TrainConfig
-    from hashgan_ray.experiment.grid import all_settings
 
     for data_dir in args.data_dirs:
         training_fits(base, dataset(data_dir), data_dir)
     for bits in args.bit_lengths:
         TrainConfig.from_dict({**base.to_dict(), "bits": bits})
-    unknown = [s for s in args.settings or () if s not in all_settings()]
+    if not args.settings:
+        return
+    from hashgan_ray.experiment.grid import all_settings      # imports torch and Ray: last
+
+    unknown = [s for s in args.settings if s not in all_settings()]
     if unknown:
         raise ValueError(f"--settings {' '.join(unknown)}: not a setting; "
                          f"expected some of {' '.join(all_settings())}")
 
 
 def cmd_experiment_paper(args) -> None:
-    from hashgan_ray.experiment.grid import run_paper
-
     for name, instead in (("seed", "--seeds"), ("backbone", "--backbones"), ("method", "--settings"),
                           ("attention", "--settings"), ("labeled_fraction", "--labeled-fractions")):
         if getattr(args, name) is not None:
             raise ValueError(f"--{name.replace('_', '-')} is set by the grid: use {instead}")
     base = train_config(args, required_options=())
     _check_grid(args, base)
+    from hashgan_ray.experiment.grid import run_paper
+
     connect_ray(args.address, args.num_cpus or os.cpu_count())
     done = run_paper(args.data_dirs, args.out, base, bits=args.bit_lengths, seeds=args.seeds,
                      backbones=args.backbones, fractions=args.labeled_fractions,

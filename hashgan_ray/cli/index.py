@@ -22,13 +22,10 @@ def _job_options(args) -> dict:
     return {"batch_size": args.batch_size, "actors": args.actors}
 
 
-def _check_encoding(checkpoint, data_dir, split: str | None) -> int:
-    """Before Ray starts: the dataset is valid and speaks the model's vocabulary,
-    and the split has pairs -> how many."""
-    from hashgan_ray.index.build import check_dataset
-
+def _pairs_to_encode(data_dir, split: str | None) -> int:
+    """Before Ray starts (and before the heavy imports): the dataset is valid and
+    the split has pairs -> how many."""
     meta = dataset(data_dir)
-    check_dataset(checkpoint, data_dir)
     count = meta.split_size(split) if split else meta.counts["total"]
     if count == 0:
         raise ValueError(f"--split {split}: {data_dir} has no pairs there; nothing to encode")
@@ -36,14 +33,15 @@ def _check_encoding(checkpoint, data_dir, split: str | None) -> int:
 
 
 def cmd_index_build(args) -> None:
-    from hashgan_ray.index.build import build_index
-    from hashgan_ray.index.store import recall_at_k
-
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
-    count = _check_encoding(args.checkpoint, args.data, _split_arg(args.split))
+    count = _pairs_to_encode(args.data, _split_arg(args.split))
     if args.shards > count:
         raise ValueError(f"--shards {args.shards}: more shards than the {count} pairs to index")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    from hashgan_ray.index.build import build_index, check_dataset
+    from hashgan_ray.index.store import recall_at_k
+
+    check_dataset(args.checkpoint, args.data)          # the model's vocabulary, still before Ray
     connect_ray(args.address, args.num_cpus)
     m = build_index(args.checkpoint, args.data, args.out, split=_split_arg(args.split),
                     kind=args.kind, shards=args.shards, overwrite=args.overwrite,
@@ -58,13 +56,14 @@ def cmd_index_build(args) -> None:
 
 
 def cmd_index_add(args) -> None:
-    from hashgan_ray.index.build import add_to_index
     from hashgan_ray.index.store import read_manifest
 
     manifest = read_manifest(args.index)
     before = manifest["count"]
-    _check_encoding(args.checkpoint or manifest["checkpoint"]["path"], args.data,
-                    _split_arg(args.split))
+    _pairs_to_encode(args.data, _split_arg(args.split))
+    from hashgan_ray.index.build import add_to_index, check_dataset
+
+    check_dataset(args.checkpoint or manifest["checkpoint"]["path"], args.data)
     connect_ray(args.address, args.num_cpus)
     m = add_to_index(args.index, args.data, checkpoint=args.checkpoint,
                      split=_split_arg(args.split), progress=_encode_bar, **_job_options(args))
