@@ -68,16 +68,19 @@ def description_of(text: str) -> str:
     return text.split("\n\n")[1]
 
 
+def parsers(parser=None, path=()):
+    """(command path, parser) of every subcommand."""
+    found = [(list(path), parser)] if path else []
+    for action in (parser or build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += parsers(sub, (*path, name))
+    return found
+
+
 def test_the_commands_are_all_in_the_list():
     """COMMANDS is every subcommand there is, so the help tests below miss none."""
-    def walk(parser, path):
-        found = [path] if path else []
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    found += walk(sub, [*path, name])
-        return found
-    assert sorted(walk(build_parser(), [])) == sorted(COMMANDS)
+    assert sorted(path for path, _ in parsers()) == sorted(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -89,6 +92,11 @@ def test_every_command_has_a_description_and_an_example(command, capsys):
     assert examples[0].startswith("  hashgan-ray " + " ".join(command))
     assert "(default: None)" not in text and "(default )" not in text
     assert "(default: )" not in text and "(default None)" not in text
+    parser = dict((" ".join(path), p) for path, p in parsers())[" ".join(command)]
+    for action in parser._actions:
+        if action.choices and not isinstance(action, argparse._SubParsersAction) \
+                and action.help != argparse.SUPPRESS:
+            assert "{" + ",".join(action.choices) + "}" in text, action.dest
 
 
 def test_the_top_level_help_says_what_it_is_and_lists_the_commands(capsys):
