@@ -54,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hashgan_ray.cli.ray_options import connect_ray  # noqa: E402
 from hashgan_ray.cli.train import add_train_arguments, train_config  # noqa: E402
 from hashgan_ray.config import TrainConfig  # noqa: E402
-from hashgan_ray.experiment.grid import Cell, cells_that_fit, describe, finished_result, run_cell, run_grid  # noqa: E402
+from hashgan_ray.experiment.grid import (Cell, cells_that_fit, describe, finished_result,  # noqa: E402
+                                         fit_in_process, run_cell, run_grid)
 from hashgan_ray.experiment.report import mean_se  # noqa: E402
 
 log = logging.getLogger("attention_study")
@@ -150,22 +151,10 @@ def _train_split(data: str, image_size):
     return load_split(data, "train", image_size)
 
 
-def fit_in_memory(cfg: TrainConfig, device: str) -> None:
-    """`fit` of experiment.run_cell without Ray: train in this process (the
-    train split decoded once per process) and export RUN_DIR/model atomically."""
-    from hashgan_ray.data.format import read_meta
-    from hashgan_ray.files import move_into_place, temp_dir_for
-    from hashgan_ray.model.checkpoint import write_model_files
-    from hashgan_ray.train.local import train_in_memory
-
-    model = train_in_memory(cfg, device=device, train=_train_split(cfg.data, cfg.image_size))
-    meta = read_meta(cfg.data)
-    target = Path(cfg.out) / "model"
-    tmp = temp_dir_for(target)
-    write_model_files(tmp, model, vocabulary=meta.vocabulary, label_names=meta.label_names,
-                      train_config=cfg.to_dict(),
-                      extra={"epoch": cfg.epochs - 1, "method": cfg.method})
-    move_into_place(tmp, target)
+def fit_in_memory(cfg: TrainConfig, device: str, meta) -> None:
+    """`fit` of experiment.run_cell without Ray (fit_in_process), the train
+    split decoded once per process."""
+    fit_in_process(cfg, meta=meta, device=device, train=_train_split(cfg.data, cfg.image_size))
 
 
 def _local_cell(cell: Cell, cfg: dict, device: str, threads: int) -> dict:

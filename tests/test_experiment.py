@@ -1,13 +1,17 @@
 """hashgan-ray experiment paper: the grid, and a reduced grid end to end on a real local Ray."""
 import json
 import re
+import sys
 
 import pytest
 
+import hashgan_ray.train.local  # noqa: F401  (imported before a test patches its read_meta)
 from hashgan_ray.cli import main
 from hashgan_ray.config import METHODS, TrainConfig, runs_that_fit
-from hashgan_ray.experiment.grid import (all_settings, build_grid, cells_that_fit, method_of,
-                                         partial_label_settings)
+from hashgan_ray.data import format as data_format
+from hashgan_ray.experiment.grid import (Cell, all_settings, build_grid, cells_that_fit,
+                                         fit_in_process, method_of, partial_label_settings,
+                                         run_cell)
 from hashgan_ray.experiment.report import fmt
 from hashgan_ray.tuning.search import trials_that_fit
 
@@ -59,6 +63,37 @@ def test_cells_and_trials_count_their_data_cpus_through_the_one_helper():
     assert trials_that_fit(cached, cluster) == 6          # Ray Data's CPU kept once, 0.01 per trial
 
 
+# What a cell's result.json holds (report.py and finished_result read it).
+CELL_RESULT_KEYS = {"cell", "config", "map_i2t", "map_t2i", "top500_map_i2t", "top500_map_t2i",
+                    "attended_image", "attended_text", "n_query", "n_database", "pr", "masks",
+                    "train_seconds", "eval_seconds"}
+
+
+def test_a_cell_reads_its_dataset_meta_once(synth_data, tmp_path, monkeypatch):
+    """Training, export and evaluation of one cell (without Ray: fit_in_process)
+    read meta.json once and hand it on. Counted: every read_meta call made from
+    outside data/format.py, whose readers check the directory on their own."""
+    real, callers = data_format.read_meta, []
+
+    def counting_read_meta(data_dir):
+        callers.append(sys._getframe(1).f_code.co_qualname)
+        return real(data_dir)
+
+    for module in list(sys.modules.values()):
+        if (getattr(module, "__name__", "").startswith("hashgan_ray.") and module is not data_format
+                and getattr(module, "read_meta", None) is real):
+            monkeypatch.setattr(module, "read_meta", counting_read_meta)
+    cell = Cell(str(synth_data), "synth", "small", 16, "hashgan-both", 1.0, 0)
+    cfg = cell.config(TrainConfig(text_hidden=32, text_features=16, batch_size=16, epochs=1),
+                      tmp_path)
+    result = run_cell(cell, cfg, with_pr=True, with_masks=True, fit=fit_in_process)
+    assert callers == ["run_cell"]
+    assert set(result) == CELL_RESULT_KEYS
+    assert json.loads((cell.directory(tmp_path) / "result.json").read_text()) == result
+    assert (cell.directory(tmp_path) / "masks.png").read_bytes().startswith(b"\x89PNG")
+    assert result["n_query"] == 24 and len(result["pr"]["I->T"]["precision"]) == 17
+
+
 def section(report: str, title: str) -> str:
     return report.split(f"## {title}")[1].split("\n## ")[0]
 
@@ -72,6 +107,7 @@ def test_a_reduced_grid_fills_the_report_from_its_cells_and_reruns_nothing(local
     results = {json.loads(p.read_text())["cell"]["setting"]: json.loads(p.read_text())
                for p in out.glob("cells/*/*/result.json")}
     assert set(results) == {"hashgan-both", "dcmh"}
+    assert all(set(r) == CELL_RESULT_KEYS for r in results.values())
     report = (out / "report.md").read_text()
     name = results["dcmh"]["cell"]["dataset"]
     for setting, row in (("hashgan-both", "HashGAN"), ("dcmh", "DCMH")):

@@ -38,11 +38,11 @@ except ImportError:      # run_cell with its own `fit` works without Ray (benchm
     ray = None
 
 from hashgan_ray.config import ATTENTION, METHODS, ORACLE, TrainConfig, runs_that_fit
-from hashgan_ray.data.format import read_meta
+from hashgan_ray.data.format import DatasetMeta, read_meta
 from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.evaluation.evaluate import evaluate_model
-from hashgan_ray.files import write_text
-from hashgan_ray.model.checkpoint import WEIGHTS, load_model
+from hashgan_ray.files import move_into_place, temp_dir_for, write_text
+from hashgan_ray.model.checkpoint import WEIGHTS, load_model, write_model_files
 from hashgan_ray.train.methods import trainer_class
 
 log = logging.getLogger("hashgan_ray.experiment.grid")
@@ -127,18 +127,35 @@ def build_grid(datasets: dict[str, str], *, bits: list[int], seeds: int, backbon
     return cells
 
 
+def fit_in_process(cfg: TrainConfig, *, meta: DatasetMeta, device="cpu",
+                   train: dict | None = None) -> None:
+    """`fit` of run_cell without Ray: train in this process (train/local.py) and
+    export RUN_DIR/model atomically. `train`: the decoded train split, to share
+    one decode between cells (train.local.load_split)."""
+    from hashgan_ray.train.local import train_in_memory
+
+    model = train_in_memory(cfg, device=device, train=train, meta=meta)
+    target = Path(cfg.out) / "model"
+    tmp = temp_dir_for(target)
+    write_model_files(tmp, model, vocabulary=meta.vocabulary, label_names=meta.label_names,
+                      train_config=cfg.to_dict(),
+                      extra={"epoch": cfg.epochs - 1, "method": cfg.method})
+    move_into_place(tmp, target)
+
+
 def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, fit=None,
              device="cpu") -> dict:
     """Train (unless its model is exported already), evaluate on `device`, write
-    result.json. `fit(cfg)` trains and exports RUN_DIR/model; default: Ray Train
-    (train/loop.py)."""
+    result.json. `fit(cfg, meta=...)` trains and exports RUN_DIR/model; default:
+    Ray Train (train/loop.py); fit_in_process trains without Ray. The dataset's
+    meta.json is read once here and handed to training and evaluation."""
     directory = Path(cfg.out).parent
     started = time.perf_counter()
     meta = read_meta(cfg.data)
     if not (Path(cfg.out) / "model" / WEIGHTS).is_file():
         if fit is None:
             from hashgan_ray.train.loop import fit
-        fit(cfg)
+        fit(cfg, meta=meta)
     trained = time.perf_counter()
     torch.set_num_threads(max(1, int(cfg.workers * cfg.cpus_per_worker)))   # the workers' CPUs, now free
     model, _ = load_model(Path(cfg.out) / "model", device)

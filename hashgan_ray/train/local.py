@@ -13,29 +13,32 @@ import time
 import numpy as np
 import torch
 
-from hashgan_ray.data.format import read_meta
+from hashgan_ray.data.format import DatasetMeta, read_meta
 from hashgan_ray.data.loading import BatchSpec, iter_batches
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.train.methods import build_model, no_all_reduce, single_process, trainer_class
 
 
-def load_split(data_dir, split: str, image_size: int | None = None) -> dict[str, np.ndarray]:
+def load_split(data_dir, split: str, image_size: int | None = None,
+               meta: DatasetMeta | None = None) -> dict[str, np.ndarray]:
     """Every decoded pair of `split`: id (n,), image (n, 3, S, S) uint8, text (n, V),
     labels (n, L). 1,500 pairs at 64 px are 18 MB of images."""
-    spec = BatchSpec.from_meta(read_meta(data_dir), image_size)
+    spec = BatchSpec.from_meta(meta or read_meta(data_dir), image_size)
     parts = list(iter_batches(data_dir, split, 512, spec))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def train_in_memory(cfg, *, device="cpu", train: dict | None = None, on_epoch=None):
+def train_in_memory(cfg, *, device="cpu", train: dict | None = None, on_epoch=None,
+                    meta: DatasetMeta | None = None):
     """Train `cfg` (a TrainConfig) on its train split in this process; return the model.
 
     `train`: the split from `load_split`, to share one decode between many runs.
     `on_epoch(epoch, model, stats)`: called after each epoch (model in train mode).
+    `meta`: the dataset's, where the caller has read it.
     """
     device = torch.device(device)
-    meta = read_meta(cfg.data)
-    train = train if train is not None else load_split(cfg.data, "train", cfg.image_size)
+    meta = meta or read_meta(cfg.data)
+    train = train if train is not None else load_split(cfg.data, "train", cfg.image_size, meta)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, meta).to(device)
     train_ids = np.sort(train["id"])

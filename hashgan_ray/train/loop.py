@@ -20,7 +20,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from hashgan_ray.config import ORACLE, TrainConfig
-from hashgan_ray.data.format import read_meta, read_pairs
+from hashgan_ray.data.format import DatasetMeta, read_meta, read_pairs
 from hashgan_ray.data.loading import BatchSpec
 from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.data.ray_data import read_split
@@ -99,13 +99,13 @@ def gather_for(world: int):
     return None if world == 1 else _GatherRows.apply
 
 
-def validate(model, cfg, val_ids, device) -> dict[str, float]:
+def validate(model, cfg, meta, val_ids, device) -> dict[str, float]:
     """MAP on the query split against a fixed database sample (rank 0 only);
     the oracle setting encodes with the true masks, as it trains."""
-    oracle = Oracle(cfg.data) if cfg.attention == ORACLE else None
-    query = encode_split(model, cfg.data, "query", device=device, oracle=oracle)
+    oracle = Oracle(cfg.data, meta=meta) if cfg.attention == ORACLE else None
+    query = encode_split(model, cfg.data, "query", device=device, oracle=oracle, meta=meta)
     database = encode_split(model, cfg.data, "database", device=device, only_ids=val_ids,
-                            oracle=oracle)
+                            oracle=oracle, meta=meta)
     m = retrieval_map(query, database)
     return {**m, "map_mean": (m["map_i2t"] + m["map_t2i"]) / 2}    # what Tune maximises
 
@@ -176,7 +176,7 @@ def train_loop_per_worker(config: dict) -> None:
                   **{f"loss_{k}": sums[k] / counts[k] for k in sums}}
         if rank == 0:
             model.eval()
-            report.update(validate(model, cfg, val_ids, device))
+            report.update(validate(model, cfg, meta, val_ids, device))
             losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in report.items() if k.startswith("loss_"))
             log.info("epoch %d/%d  %s  MAP i->t %.4f t->i %.4f  %.0f samples/s", epoch + 1,
                      cfg.epochs, losses, report["map_i2t"], report["map_t2i"],
@@ -188,11 +188,12 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(report, checkpoint=None)
 
 
-def fit(cfg: TrainConfig, callbacks=()):
+def fit(cfg: TrainConfig, callbacks=(), meta: DatasetMeta | None = None):
     """Run training on the connected Ray cluster; export the final model to
     RUN_DIR/model/ and return Ray Train's Result. `callbacks`: Ray Train
-    callbacks for the run (Tune passes its TuneReportCallback, tuning.py)."""
-    meta = read_meta(cfg.data)                        # fail early, on the driver
+    callbacks for the run (Tune passes its TuneReportCallback, tuning.py).
+    `meta`: the dataset's, where the caller has read it (an experiment's cell)."""
+    meta = meta or read_meta(cfg.data)                # fail early, on the driver
     if cfg.pretrained:
         pretrained_path(cfg.backbone, cfg.backbone_weights)
     out = Path(cfg.out).resolve()
