@@ -42,7 +42,7 @@ from torch import nn  # noqa: E402
 from hashgan_ray.config import TrainConfig  # noqa: E402
 from hashgan_ray.evaluation.evaluate import encode_arrays  # noqa: E402
 from hashgan_ray.model.hashgan import HashGAN, pack_codes  # noqa: E402
-from hashgan_ray.train.methods.hashgan import HashGANTrainer  # noqa: E402
+from hashgan_ray.train.methods import build_trainer  # noqa: E402
 from hashgan_ray.train.steps import autocast  # noqa: E402
 
 # Equality tolerance on tanh outputs (fp32, TF32 off on both sides). CPU and GPU
@@ -152,7 +152,7 @@ def hashgan_train_rate(device: torch.device, backbone: str, size: int, s: dict) 
     cfg = TrainConfig(bits=s["bits"], backbone=backbone, image_size=size,
                       text_hidden=s["text_hidden"], text_features=s["text_features"],
                       batch_size=s["train_batch"])
-    trainer = HashGANTrainer(model, cfg, wrap=lambda m: m)
+    trainer = build_trainer(cfg, model)
     batches = []
     for seed in range(4):      # 4 batches: one full E/D:G cycle (d_steps=4)
         arrays = random_pairs(s["train_batch"], s, size, seed)

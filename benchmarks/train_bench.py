@@ -33,7 +33,7 @@ from hashgan_ray.config import TrainConfig  # noqa: E402
 from hashgan_ray.data.format import read_meta  # noqa: E402
 from hashgan_ray.data.loading import iter_batches  # noqa: E402
 from hashgan_ray.data.synth import generate  # noqa: E402
-from hashgan_ray.train.methods import build_model, single_process, trainer_class  # noqa: E402
+from hashgan_ray.train.methods import build_model, build_trainer  # noqa: E402
 
 
 def decoded_batches(cfg: TrainConfig):
@@ -50,7 +50,7 @@ def plain_loop(cfg: TrainConfig, threads: int, decode_every_epoch: bool) -> list
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, read_meta(cfg.data))
-    trainer = trainer_class(cfg.method)(model, cfg, wrap=single_process)
+    trainer = build_trainer(cfg, model)
     cached = None if decode_every_epoch else list(decoded_batches(cfg))
     rates = []
     for _ in range(cfg.epochs):

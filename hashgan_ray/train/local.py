@@ -16,7 +16,7 @@ import torch
 from hashgan_ray.data.format import DatasetMeta, read_meta
 from hashgan_ray.data.loading import BatchSpec, iter_batches
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
-from hashgan_ray.train.methods import build_model, no_all_reduce, single_process, trainer_class
+from hashgan_ray.train.methods import build_model, build_trainer, trainer_class
 
 
 def load_split(data_dir, split: str, image_size: int | None = None,
@@ -42,8 +42,7 @@ def train_in_memory(cfg, *, device="cpu", train: dict | None = None, on_epoch=No
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, meta).to(device)
     train_ids = np.sort(train["id"])
-    trainer = trainer_class(cfg.method)(model, cfg, wrap=single_process,
-                                        all_reduce=no_all_reduce, train_ids=train_ids)
+    trainer = build_trainer(cfg, model, meta=meta, train_ids=train_ids)
     if cfg.labeled_fraction < 1:
         train = mark_labeled(dict(train), labeled_ids(train_ids, cfg.labeled_fraction, cfg.seed),
                              keep_unlabeled=trainer_class(cfg.method).uses_unlabeled)

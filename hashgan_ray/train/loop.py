@@ -28,7 +28,7 @@ from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.evaluation.evaluate import encode_split, retrieval_map, sample_ids
 from hashgan_ray.model.backbones import pretrained_path
 from hashgan_ray.model.checkpoint import TRAIN_STATE, WEIGHTS, export_model, write_model_files
-from hashgan_ray.train.methods import build_model, no_all_reduce, trainer_class
+from hashgan_ray.train.methods import build_model, build_trainer, no_all_reduce, trainer_class
 
 log = logging.getLogger("hashgan_ray.train")
 RAY_RUN_NAME = "train"          # RUN_DIR/train/ holds Ray Train's checkpoints
@@ -140,8 +140,8 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_pretrained_backbone(cfg.backbone_weights)
     model.to(device)
     # The method's trainer wraps each module it updates in its own DDP (see steps.py).
-    trainer = trainer_class(cfg.method)(
-        model, cfg, wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
+    trainer = build_trainer(
+        cfg, model, meta=meta, wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
         all_reduce=all_reduce_for(world), train_ids=train_split_ids(cfg.data),
         gather=gather_for(world))
     start_epoch = 0

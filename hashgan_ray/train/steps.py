@@ -1,10 +1,12 @@
 """What the training methods share, in plain PyTorch (no Ray): bf16 autocast,
-Adam per player, the per-epoch lr schedule, the D/G alternation and the
+Adam per player, the per-epoch lr schedule and the saved state of optimizers
+and schedulers, which attention the model has, the D/G alternation and the
 global-batch gather for triplet mining. Each method's own steps are in
 train/methods/<method>.py."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,26 +45,83 @@ def gathered(codes: dict, labels: torch.Tensor, gather) -> tuple[dict, torch.Ten
     return {k: gather(v) for k, v in codes.items()}, gather(labels)
 
 
+def single_process(module):
+    """`wrap` outside Ray Train: run the module itself."""
+    return module
+
+
+def no_all_reduce(tensor):
+    """`all_reduce` for one worker."""
+    return tensor
+
+
+def attention_switches(model: HashGAN) -> tuple[bool, bool]:
+    """(image, text): whether the model has an image / a text attention module.
+    What trainers and steps go by: the model is what they train, and a
+    checkpoint's model says so itself (the config's switches only decide what
+    build_model builds)."""
+    return model.attention.image is not None, model.attention.text is not None
+
+
 def has_attention(model: HashGAN) -> bool:
-    return any(True for _ in model.attention.parameters())
+    return any(attention_switches(model))
 
 
-def build_optimizers(model: HashGAN, lr: float, beta1: float):
+def build_optimizers(model: HashGAN, lr: float, betas: tuple[float, float]):
     """Adam for E+D and, when the model has attention, Adam for G (section 4.1)."""
-    opt_ed = torch.optim.Adam(model.net.parameters(), lr=lr, betas=(beta1, 0.999))
-    opt_g = (torch.optim.Adam(model.attention.parameters(), lr=lr, betas=(beta1, 0.999))
+    opt_ed = torch.optim.Adam(model.net.parameters(), lr=lr, betas=betas)
+    opt_g = (torch.optim.Adam(model.attention.parameters(), lr=lr, betas=betas)
              if has_attention(model) else None)
     return opt_ed, opt_g
 
 
-def lr_schedulers(optimizers, cfg) -> list:
-    """One per optimizer (None skipped), stepped once per epoch: the paper's
-    step decay (lr / 10 every 20 epochs), or cosine from lr to 0 over the run."""
-    optimizers = [o for o in optimizers if o is not None]
-    if cfg.lr_schedule == "cosine":
-        return [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(cfg.epochs, 1))
+@dataclass(frozen=True)
+class LrSchedule:
+    """The per-epoch lr schedule: the paper's step decay (lr x `decay` every
+    `decay_every` epochs; the paper: / 10 every 20), or cosine from lr to 0
+    over `epochs`."""
+    kind: str = "step"              # step | cosine (config.LR_SCHEDULES)
+    epochs: int = 1
+    decay_every: int = 20
+    decay: float = 0.1
+
+    def schedulers(self, optimizers) -> list:
+        """One per optimizer (None skipped), stepped once per epoch."""
+        optimizers = [o for o in optimizers if o is not None]
+        if self.kind == "cosine":
+            return [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(self.epochs, 1))
+                    for o in optimizers]
+        return [torch.optim.lr_scheduler.StepLR(o, self.decay_every, self.decay)
                 for o in optimizers]
-    return [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_every, cfg.lr_decay) for o in optimizers]
+
+
+class Optimizers:
+    """A trainer's optimizers by name (None: this model has no such player) and
+    their lr schedulers: stepped once per epoch, saved and restored together.
+    The names are the keys of the state in train_state.pt."""
+
+    def __init__(self, schedule: LrSchedule, **named: torch.optim.Optimizer | None):
+        self.named = named
+        self.schedulers = schedule.schedulers(named.values())
+
+    def __getitem__(self, name: str) -> torch.optim.Optimizer | None:
+        return self.named[name]
+
+    def end_epoch(self) -> None:
+        for s in self.schedulers:
+            s.step()
+
+    def state_dict(self) -> dict:
+        return {**{name: o.state_dict() if o is not None else None
+                   for name, o in self.named.items()},
+                "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, o in self.named.items():
+            if o is not None:
+                o.load_state_dict(state[name])
+        for s, s_state in zip(self.schedulers, state["schedulers"]):
+            s.load_state_dict(s_state)
 
 
 def is_g_step(step: int, d_steps: int, g_steps: int) -> bool:

@@ -11,8 +11,8 @@ import torch
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
-from hashgan_ray.train.methods import build_model, single_process
-from hashgan_ray.train.methods.dcmh import DCMHTrainer, dcmh_loss, update_codes
+from hashgan_ray.train.methods import build_model, build_trainer
+from hashgan_ray.train.methods.dcmh import dcmh_loss, update_codes
 
 TINY = dict(bits=16, text_hidden=32, text_features=16, batch_size=16, lr=1e-3)
 
@@ -69,7 +69,7 @@ def make_trainer(synth_data, seed=0):
     cfg = TrainConfig(data=str(synth_data), method="dcmh", seed=seed, **TINY)
     torch.manual_seed(seed)
     model = build_model(cfg, read_meta(synth_data))
-    return model, DCMHTrainer(model, cfg, wrap=single_process, train_ids=train_split_ids(synth_data))
+    return model, build_trainer(cfg, model, train_ids=train_split_ids(synth_data))
 
 
 def train_batches(synth_data, size=16):
@@ -167,7 +167,23 @@ def test_state_dict_round_trips_with_weights_only(synth_data):
         assert torch.equal(other.buffers[m], trainer.buffers[m])
         assert torch.equal(other.known[m], trainer.known[m])
     assert torch.equal(other.codes, trainer.codes) and torch.equal(other.labels, trainer.labels)
-    assert other.optimizers["image"].state_dict()["state"][0]["step"] == 1
+    assert other.optimizers["opt_image"].state_dict()["state"][0]["step"] == 1
+
+
+def test_a_checkpoint_with_the_optimizers_nested_by_modality_still_loads(synth_data):
+    """train_state.pt written before the optimizers were saved by name held
+    {"optimizers": {"image": ..., "text": ...}}."""
+    _, trainer = make_trainer(synth_data)
+    trainer.step(0, train_batches(synth_data)[0])
+    trainer.end_epoch()
+    state = trainer.state_dict()
+    state["optimizers"] = {m: state.pop(f"opt_{m}") for m in ("image", "text")}
+    _, other = make_trainer(synth_data, seed=1)
+    other.load_state_dict(state)
+    for m in ("image", "text"):
+        assert other.optimizers[f"opt_{m}"].state_dict()["state"][0]["step"] == 1
+    assert other.optimizers.schedulers[0].last_epoch == 1
+    assert torch.equal(other.codes, trainer.codes)
 
 
 def test_two_workers_train_dcmh_on_the_labelled_half_and_export_a_servable_model(

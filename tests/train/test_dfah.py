@@ -11,9 +11,9 @@ from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.evaluation.metrics import mean_average_precision
 from hashgan_ray.model.hashgan import HashGAN, pack_codes
-from hashgan_ray.train import dfah
+from hashgan_ray.train.methods import dfah
 from hashgan_ray.train.losses import label_similarity, pairwise_nll
-from hashgan_ray.train.methods import single_process, trainer_class
+from hashgan_ray.train.methods import build_trainer, trainer_class
 
 CFG = TrainConfig(method="dfah", bits=16, text_hidden=64, text_features=32, lr=1e-3)
 
@@ -33,7 +33,7 @@ def tiny_trainer(batch, seed=0, train_ids=None):
     model = HashGAN(bits=16, vocab_size=batch["text"].shape[1], text_hidden=64, text_features=32,
                     image_attention=False, text_attention=False)
     ids = batch["id"].numpy() if train_ids is None else train_ids
-    return dfah.DFAHTrainer(model, CFG, wrap=single_process, train_ids=np.sort(ids))
+    return build_trainer(CFG, model, train_ids=np.sort(ids))
 
 
 def snapshot(module):
@@ -211,7 +211,7 @@ def test_trainer_state_round_trips_through_weights_only_load(batch, tmp_path, on
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert again.opt_extractors.state_dict()["state"][0]["step"] == 2
     assert again.opt_discriminator.state_dict()["state"][0]["step"] == 2
-    assert again.schedulers[0].last_epoch == 1
+    assert again.optimizers.schedulers[0].last_epoch == 1
 
 
 def test_method_is_registered():

@@ -26,7 +26,7 @@ def model_for(vocab: int) -> HashGAN:
 
 
 def step_grads(model, net, attention, batch, gather) -> dict[str, torch.Tensor]:
-    opt_ed, opt_g = build_optimizers(model, 1e-3, 0.5)
+    opt_ed, opt_g = build_optimizers(model, 1e-3, (0.5, 0.999))
     ed_step(model, net, batch, opt_ed, mining="all", gather=gather, **OBJECTIVE)
     grads = {f"net.{k}": p.grad.clone() for k, p in model.net.named_parameters()}
     g_step(model, attention, batch, opt_g, 1.0, gather=gather)

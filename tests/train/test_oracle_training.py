@@ -10,7 +10,7 @@ from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.evaluation.evaluate import attended_share, encode_split
 from hashgan_ray.model.hashgan import pack_codes
-from hashgan_ray.train.methods import build_model, trainer_class
+from hashgan_ray.train.methods import build_model, build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_oracle_masks_reach_the_model_unchanged(synth_data, batch):
     model = build_model(cfg, read_meta(synth_data))
     assert list(model.attention.parameters()) == []            # no G: the masks are given
     recorder = {}
-    trainer = trainer_class("hashgan")(model, cfg, wrap=lambda m: recorder.setdefault(
+    trainer = build_trainer(cfg, model, wrap=lambda m: recorder.setdefault(
         "net", Recorder(m)) if m is model.net else m)
     assert trainer.opt_g is None
     stats = trainer.step(0, batch)

@@ -10,7 +10,7 @@ from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.evaluation.evaluate import Encoded, encode_arrays, retrieval_map
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.methods import single_process, trainer_class
+from hashgan_ray.train.methods import build_trainer
 from hashgan_ray.train.methods.schgan import (RelevanceScorer, candidate_rewards, margin_reward,
                                               reinforce_loss, sample_picks, selection_log_probs)
 
@@ -32,7 +32,7 @@ def make_trainer(seed=0, **cfg):
     torch.manual_seed(seed)
     model = HashGAN(bits=cfg.bits, vocab_size=496, text_hidden=cfg.text_hidden,
                     text_features=cfg.text_features, image_attention=False, text_attention=False)
-    return trainer_class("schgan")(model, cfg, wrap=single_process)
+    return build_trainer(cfg, model)
 
 
 def params(module):
@@ -137,7 +137,7 @@ def test_state_round_trips_through_weights_only_load(batch, tmp_path):
     assert moved(params(trainer.generator), again.generator) == set()
     assert again.opt_d.state_dict()["state"][0]["step"] == 1
     assert again.opt_g.state_dict()["state"][0]["step"] == 1
-    assert [s.last_epoch for s in again.schedulers] == [1, 1]
+    assert [s.last_epoch for s in again.optimizers.schedulers] == [1, 1]
 
 
 def in_batch_map(model, batch) -> tuple[float, float]:

@@ -8,6 +8,7 @@ from hashgan_ray.train.methods.hashgan import ed_step, g_step, g_steps_after
 from hashgan_ray.train.steps import build_optimizers, is_g_step
 
 MARGIN = 2.0
+BETAS = (0.5, 0.999)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,11 @@ def test_schedule_is_four_ed_steps_then_one_g_step():
 def test_every_batch_gets_an_ed_step_with_or_without_attention(batch, attention):
     """An epoch is the same number of E/D updates in every Table 4 setting."""
     from hashgan_ray.config import TrainConfig
-    from hashgan_ray.train.methods import single_process, trainer_class
+    from hashgan_ray.train.methods import build_trainer
 
     cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=4, g_steps=1)
     model = tiny_model(image_attention=attention == "both", text_attention=attention == "both")
-    trainer = trainer_class("hashgan")(model, cfg, wrap=single_process)
+    trainer = build_trainer(cfg, model)
     stats = [trainer.step(i, batch) for i in range(8)]
     assert all("full" in s for s in stats)
     assert trainer.opt_ed.state_dict()["state"][0]["step"] == 8
@@ -71,10 +72,10 @@ def test_an_epoch_too_short_for_a_g_step_is_reported(batch, batches, caplog):
     """The schedule counts steps within an epoch: fewer than d_steps batches
     mean G never moves, which a user with a small dataset must be told."""
     from hashgan_ray.config import TrainConfig
-    from hashgan_ray.train.methods import single_process, trainer_class
+    from hashgan_ray.train.methods import build_trainer
 
     cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=4, g_steps=1)
-    trainer = trainer_class("hashgan")(tiny_model(), cfg, wrap=single_process)
+    trainer = build_trainer(cfg, tiny_model())
     before = snapshot(trainer.model.attention)
     with caplog.at_level("WARNING", logger="hashgan_ray.train"):
         for _ in range(2):                                     # two epochs, one warning
@@ -93,7 +94,7 @@ def test_an_epoch_too_short_for_a_g_step_is_reported(batch, batches, caplog):
 
 def test_ed_step_moves_e_and_d_but_not_attention(batch):
     model = tiny_model()
-    opt_ed, _ = build_optimizers(model, 1e-3, 0.5)
+    opt_ed, _ = build_optimizers(model, 1e-3, BETAS)
     att, net = snapshot(model.attention), snapshot(model.net)
     for _ in range(2):
         ed_step(model, model.net, batch, opt_ed, MARGIN)
@@ -104,7 +105,7 @@ def test_ed_step_moves_e_and_d_but_not_attention(batch):
 def test_g_step_moves_only_attention_and_raises_the_adversarial_loss(batch):
     model = tiny_model()
     model.eval()          # no dropout/batch-norm updates: only the optimiser changes weights
-    _, opt_g = build_optimizers(model, 1e-2, 0.5)
+    _, opt_g = build_optimizers(model, 1e-2, BETAS)
     att, net = snapshot(model.attention), snapshot(model.net)
     before = adversarial(model, batch)
     for _ in range(3):
@@ -115,16 +116,30 @@ def test_g_step_moves_only_attention_and_raises_the_adversarial_loss(batch):
     assert adversarial(model, batch) > before
 
 
+def test_the_model_says_which_attention_trains_whatever_the_config(batch):
+    """The trainer goes by the model's attention modules (steps.attention_switches),
+    not by the config's switches, which only decide what build_model builds."""
+    from hashgan_ray.config import TrainConfig
+    from hashgan_ray.train.methods import build_trainer
+    from hashgan_ray.train.steps import attention_switches
+
+    model = tiny_model(image_attention=True, text_attention=False)
+    assert attention_switches(model) == (True, False)
+    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, attention="none", d_steps=1)
+    stats = build_trainer(cfg, model).step(0, batch)
+    assert stats["t2i_adv"] > 0 and stats["i2t_adv"] == 0 and "g_adversarial" in stats
+
+
 def test_no_attention_means_no_g_optimizer():
     model = tiny_model(image_attention=False, text_attention=False)
-    assert build_optimizers(model, 1e-3, 0.5)[1] is None
+    assert build_optimizers(model, 1e-3, BETAS)[1] is None
 
 
 def test_deterministic_for_a_seed_on_cpu(batch):
     runs = []
     for _ in range(2):
         model = tiny_model(seed=3)
-        opt_ed, opt_g = build_optimizers(model, 1e-3, 0.5)
+        opt_ed, opt_g = build_optimizers(model, 1e-3, BETAS)
         torch.manual_seed(3)
         for step in range(4):
             ed_step(model, model.net, batch, opt_ed, MARGIN)
@@ -136,17 +151,17 @@ def test_deterministic_for_a_seed_on_cpu(batch):
 
 def test_hashgan_trainer_state_round_trips_through_weights_only_load(batch, tmp_path):
     from hashgan_ray.config import TrainConfig
-    from hashgan_ray.train.methods import single_process, trainer_class
+    from hashgan_ray.train.methods import build_trainer
 
     cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=1, g_steps=1)
     model = tiny_model()
-    trainer = trainer_class("hashgan")(model, cfg, wrap=single_process)
+    trainer = build_trainer(cfg, model)
     losses = trainer.step(0, batch)
     assert "full" in losses and "g_adversarial" in losses            # E/D then G
     trainer.end_epoch()
     torch.save(trainer.state_dict(), tmp_path / "state.pt")
-    again = trainer_class("hashgan")(model, cfg, wrap=single_process)
+    again = build_trainer(cfg, model)
     again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert again.opt_ed.state_dict()["state"][0]["step"] == 1
     assert again.opt_g.state_dict()["state"][0]["step"] == 1
-    assert again.schedulers[0].last_epoch == 1
+    assert again.optimizers.schedulers[0].last_epoch == 1

@@ -6,8 +6,7 @@ import torch
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.evaluation.metrics import label_codes, mean_average_precision
 from hashgan_ray.train.local import load_split, train_in_memory
-from hashgan_ray.train.methods import build_model, single_process
-from hashgan_ray.train.methods.supervised import SupervisedTrainer
+from hashgan_ray.train.methods import build_model, build_trainer
 
 
 def small_cfg(data, **kw):
@@ -34,7 +33,7 @@ def test_supervised_step_trains_the_head_from_text_only(synth_data):
     torch.manual_seed(0)
     from hashgan_ray.data.format import read_meta
     model = build_model(cfg, read_meta(synth_data))
-    trainer = SupervisedTrainer(model, cfg, wrap=single_process)
+    trainer = build_trainer(cfg, model)
     arrays = load_split(synth_data, "train")
     batch = {k: torch.as_tensor(v[:32]) for k, v in arrays.items()}
     # The image loss alone must not reach the head: its gradient comes from text.
@@ -50,7 +49,7 @@ def test_supervised_step_trains_the_head_from_text_only(synth_data):
     assert set(stats) == {"text_bce", "image_bce", "balance"} and all(np.isfinite(list(stats.values())))
     assert not torch.equal(before, trainer.head.weight)
     # State round-trips (what a checkpoint holds).
-    other = SupervisedTrainer(build_model(cfg, read_meta(synth_data)), cfg, wrap=single_process)
+    other = build_trainer(cfg, build_model(cfg, read_meta(synth_data)))
     other.load_state_dict(trainer.state_dict())
     assert torch.equal(other.head.weight, trainer.head.weight)
 
@@ -67,12 +66,11 @@ def test_in_memory_training_runs_every_epoch_and_the_model_encodes(synth_data):
 
 
 def test_cosine_schedule_reaches_zero_at_the_last_epoch():
-    from hashgan_ray.train.steps import lr_schedulers
+    from hashgan_ray.train.steps import LrSchedule
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([param], lr=1.0)
-    cfg = TrainConfig(epochs=4, lr_schedule="cosine")
-    (sched,) = lr_schedulers([opt, None], cfg)
+    (sched,) = LrSchedule("cosine", epochs=4).schedulers([opt, None])
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])

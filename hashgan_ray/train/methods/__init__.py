@@ -7,19 +7,21 @@ training needs (optimisers, discriminators, fusion or generator networks, the
 discrete codes of the training set) belongs to the method's trainer and is
 saved in the checkpoint's train_state.pt.
 
-A trainer is plain PyTorch (no Ray) and is built as
-
-    Trainer(model, cfg, wrap=..., all_reduce=..., train_ids=..., gather=...)
+A trainer is plain PyTorch (no Ray). Each takes the model and named
+arguments (lr, betas, the lr schedule, margin, steps ...), never the config:
+`build_trainer` below is the one place that reads a TrainConfig for a trainer.
+Besides the method's own settings a trainer takes those of these it needs:
 
 * `wrap(module)` returns what to run the module's forward through: its DDP
-  wrapper under Ray Train, the module itself in a plain loop. Every rank must
-  run the same sequence of wrapped forwards (see steps.py).
+  wrapper under Ray Train, the module itself in a plain loop (the default,
+  steps.single_process). Every rank must run the same sequence of wrapped
+  forwards (see steps.py).
 * `all_reduce(tensor)` sums a tensor over the workers in place (a no-op for
-  one worker); for updates that need the whole training set.
-* `train_ids` are the sorted dataset ids of the training split.
+  one worker); for updates that need the whole training set (DCMH, DFAH).
+* `train_ids` are the sorted dataset ids of the training split (DCMH, DFAH).
 * `gather(tensor)` concatenates a tensor over the workers, with gradient back
-  to each worker's own rows (None for one worker): HashGAN mines its triplets
-  in the global batch with it; the other methods take it and ignore it.
+  to each worker's own rows (None for one worker): HashGAN and SCH-GAN mine
+  their triplets in the global batch with it.
 
 and offers
 
@@ -36,27 +38,57 @@ and offers
 """
 from __future__ import annotations
 
-import importlib
+from hashgan_ray.config import METHODS, ORACLE
+from hashgan_ray.data.format import read_meta
+from hashgan_ray.data.oracle import Oracle
+from hashgan_ray.train.methods.dcmh import DCMHTrainer
+from hashgan_ray.train.methods.dfah import DFAHTrainer
+from hashgan_ray.train.methods.hashgan import HashGANTrainer
+from hashgan_ray.train.methods.schgan import SCHGANTrainer
+from hashgan_ray.train.methods.supervised import SupervisedTrainer
+from hashgan_ray.train.steps import LrSchedule, no_all_reduce, single_process
 
-from hashgan_ray.config import METHODS
-
-# method name -> (module, trainer class); the names are config.METHODS
+# method name -> trainer class; the names are config.METHODS
 TRAINERS = {
-    "hashgan": ("hashgan_ray.train.methods.hashgan", "HashGANTrainer"),
-    "dcmh": ("hashgan_ray.train.methods.dcmh", "DCMHTrainer"),
-    "dfah": ("hashgan_ray.train.methods.dfah", "DFAHTrainer"),
-    "schgan": ("hashgan_ray.train.methods.schgan", "SCHGANTrainer"),
+    "hashgan": HashGANTrainer,
+    "dcmh": DCMHTrainer,
+    "dfah": DFAHTrainer,
+    "schgan": SCHGANTrainer,
     # not a hashing method: the label-supervised yardstick of benchmarks/quality.py
-    "supervised": ("hashgan_ray.train.methods.supervised", "SupervisedTrainer"),
+    "supervised": SupervisedTrainer,
 }
 
 
 def trainer_class(method: str):
     try:
-        module, name = TRAINERS[method]
+        return TRAINERS[method]
     except KeyError:
         raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}") from None
-    return getattr(importlib.import_module(module), name)
+
+
+def build_trainer(cfg, model, *, meta=None, wrap=single_process, all_reduce=no_all_reduce,
+                  train_ids=None, gather=None):
+    """The trainer of `cfg.method` (a TrainConfig) for `model`, each of the
+    method's arguments taken from its config field: the one place that maps
+    the config to trainers. `meta`: the dataset's (data.format.read_meta),
+    where the caller has read it already; wrap, all_reduce, train_ids, gather:
+    the module docstring."""
+    cls = trainer_class(cfg.method)
+    schedule = LrSchedule(cfg.lr_schedule, cfg.epochs, cfg.lr_decay_every, cfg.lr_decay)
+    common = dict(lr=cfg.lr, betas=(cfg.beta1, 0.999), schedule=schedule, wrap=wrap)
+    adversarial = dict(margin=cfg.margin, mining=cfg.mining, d_steps=cfg.d_steps,
+                       g_steps=cfg.g_steps, gather=gather)
+    if cfg.method == "hashgan":
+        oracle = Oracle(cfg.data, meta) if cfg.attention == ORACLE else None
+        return cls(model, **common, **adversarial, quantization=cfg.quantization,
+                   balance=cfg.balance, oracle=oracle)
+    if cfg.method == "schgan":
+        return cls(model, **common, **adversarial)
+    if cfg.method == "dcmh":
+        return cls(model, **common, train_ids=train_ids, seed=cfg.seed, all_reduce=all_reduce)
+    if cfg.method == "dfah":
+        return cls(model, **common, train_ids=train_ids, all_reduce=all_reduce)
+    return cls(model, **common, num_labels=(meta or read_meta(cfg.data)).num_labels)  # supervised
 
 
 def build_model(cfg, meta):
@@ -68,16 +100,6 @@ def build_model(cfg, meta):
                    text_features=cfg.text_features, image_attention=cfg.image_attention,
                    text_attention=cfg.text_attention, ste=cfg.ste, alpha_scale=cfg.alpha_scale,
                    small_head=cfg.small_head)
-
-
-def single_process(module):
-    """`wrap` outside Ray Train: run the module itself."""
-    return module
-
-
-def no_all_reduce(tensor):
-    """`all_reduce` for one worker."""
-    return tensor
 
 
 assert tuple(TRAINERS) == METHODS, "config.METHODS and the registry name the same methods"

@@ -34,7 +34,7 @@ Choices (README, "Methods"):
 * B is updated once per epoch (DCMH: once per outer iteration), after the
   buffers are summed over the workers: within an epoch each row is refreshed
   by exactly one rank, so zeros-elsewhere copies add up to the whole buffer.
-* Adam (cfg.lr, cfg.beta1) and the lr schedule of HashGAN rather than DCMH's
+* Adam (the run's lr and betas) and the lr schedule of HashGAN rather than DCMH's
   SGD, so both methods run under the same optimiser settings. γ = η = 1 as in
   DCMH. The objective is divided by (batch x n_train) so the logged value is
   per pair (a constant factor: the terms keep DCMH's relative weights).
@@ -46,7 +46,7 @@ from torch import nn
 
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
 from hashgan_ray.train.losses import label_similarity, pairwise_nll
-from hashgan_ray.train.steps import autocast, lr_schedulers
+from hashgan_ray.train.steps import LrSchedule, Optimizers, autocast, no_all_reduce, single_process
 
 GAMMA = 1.0   # quantization weight γ (DCMH, section 4.1)
 ETA = 1.0     # balance weight η (DCMH, section 4.1)
@@ -104,22 +104,25 @@ class DCMHTrainer:
 
     uses_unlabeled = False
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
-                 gather=None):
+    def __init__(self, model: HashGAN, *, train_ids, lr: float, betas: tuple[float, float],
+                 schedule: LrSchedule, seed: int = 0, wrap=single_process,
+                 all_reduce=no_all_reduce):
+        """train_ids: the sorted dataset ids of the training split (a buffer row
+        each); seed: of the random start of the buffers, the same on every rank."""
         if train_ids is None:
             raise ValueError("DCMH needs the training ids (its buffers have a row per training pair)")
-        self.model, self.cfg = model, cfg
-        self.all_reduce = all_reduce or (lambda t: t)
+        self.model = model
+        self.all_reduce = all_reduce
         device = next(model.parameters()).device
         self.train_ids = torch.as_tensor(train_ids, dtype=torch.int64, device=device)
         self.branches = {m: Branch(model.net, m) for m in ("image", "text")}
         self.nets = {m: wrap(b) for m, b in self.branches.items()}
-        self.optimizers = {m: torch.optim.Adam(b.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-                           for m, b in self.branches.items()}
-        self.schedulers = lr_schedulers(self.optimizers.values(), cfg)
+        self.optimizers = Optimizers(schedule, **{
+            f"opt_{m}": torch.optim.Adam(b.parameters(), lr=lr, betas=betas)
+            for m, b in self.branches.items()})
         n, bits = len(self.train_ids), model.bits
         # DCMH's start: random F, G and B = sign(F + G); the same on every rank (seeded).
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(seed)
         self.buffers = {m: torch.randn(n, bits, generator=gen).to(device) for m in ("image", "text")}
         self.codes = update_codes(self.buffers["image"], self.buffers["text"])
         self.known = {m: torch.zeros(n, dtype=torch.bool, device=device) for m in ("image", "text")}
@@ -145,7 +148,7 @@ class DCMHTrainer:
             with autocast(x.device):
                 out = self.nets[modality](x)
             terms = dcmh_loss(out, rows, self.buffers[other], self.known[other], sim, self.codes)
-            opt = self.optimizers[modality]
+            opt = self.optimizers[f"opt_{modality}"]
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
@@ -171,22 +174,19 @@ class DCMHTrainer:
             known |= done
         self.codes = update_codes(self.buffers["image"], self.buffers["text"])
         self.fresh.zero_()
-        for s in self.schedulers:
-            s.step()
+        self.optimizers.end_epoch()
 
     def state_dict(self) -> dict:
         cpu = {m: b.cpu() for m, b in self.buffers.items()}
-        return {"optimizers": {m: o.state_dict() for m, o in self.optimizers.items()},
-                "schedulers": [s.state_dict() for s in self.schedulers],
+        return {**self.optimizers.state_dict(),
                 "buffers": cpu, "known": {m: k.cpu() for m, k in self.known.items()},
                 "codes": self.codes.cpu(),
                 "labels": self.labels.cpu() if self.labels is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        for m, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][m])
-        for s, s_state in zip(self.schedulers, state["schedulers"]):
-            s.load_state_dict(s_state)
+        if "optimizers" in state:       # an older checkpoint: {"optimizers": {modality: ...}}
+            state = {**state, **{f"opt_{m}": o for m, o in state["optimizers"].items()}}
+        self.optimizers.load_state_dict(state)
         device = self.train_ids.device
         self.buffers = {m: b.to(device) for m, b in state["buffers"].items()}
         self.known = {m: k.to(device) for m, k in state["known"].items()}

@@ -67,8 +67,14 @@ from torch import nn
 
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
 from hashgan_ray.train.losses import label_similarity, pairwise_nll
-from hashgan_ray.train.methods import no_all_reduce
-from hashgan_ray.train.steps import autocast, frozen, lr_schedulers
+from hashgan_ray.train.steps import (
+    LrSchedule,
+    Optimizers,
+    autocast,
+    frozen,
+    no_all_reduce,
+    single_process,
+)
 
 # Loss weights and sizes: the abstract gives none. DCMH's γ = 1 for the
 # quantization term; the adversarial term is kept small so that fooling M
@@ -228,25 +234,27 @@ def discriminator_step(discriminator: nn.Module, f: torch.Tensor, g: torch.Tenso
 class DFAHTrainer:
     """DFAH's schedule: every step one extractor step, then one discriminator
     step on the same batch; once per epoch the discrete update of B. Adam for
-    each player, lr divided by lr_decay every lr_decay_every epochs (as HashGAN).
+    each player, the lr following `schedule` (as HashGAN). `train_ids`: the
+    sorted dataset ids of the training split (a code each).
     The trainer interface is described in train/methods/__init__.py."""
 
     uses_unlabeled = False
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
-                 gather=None):
+    def __init__(self, model: HashGAN, *, train_ids, lr: float, betas: tuple[float, float],
+                 schedule: LrSchedule, wrap=single_process, all_reduce=no_all_reduce):
         if train_ids is None:
             raise ValueError("DFAH needs train_ids: it keeps one binary code per training pair")
         net, bits = model.net, model.bits
         device = next(model.parameters()).device
-        self.model, self.all_reduce = model, all_reduce or no_all_reduce
+        self.model, self.all_reduce = model, all_reduce
         self.fusion = FusionLearner(net.image_code.in_features, net.text_code.in_features,
                                     bits).to(device)
         self.discriminator = ModalityDiscriminator(bits).to(device)
-        adam = dict(lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        adam = dict(lr=lr, betas=betas)
         self.opt_extractors = torch.optim.Adam([*net.parameters(), *self.fusion.parameters()], **adam)
         self.opt_discriminator = torch.optim.Adam(self.discriminator.parameters(), **adam)
-        self.schedulers = lr_schedulers((self.opt_extractors, self.opt_discriminator), cfg)
+        self.optimizers = Optimizers(schedule, opt_extractors=self.opt_extractors,
+                                     opt_discriminator=self.opt_discriminator)
         # Two wrappers, two optimisers: each step forwards once through each.
         self.extractors = wrap(Extractors(net, self.fusion))
         self.critic = wrap(self.discriminator)
@@ -278,8 +286,7 @@ class DFAHTrainer:
         return stats
 
     def end_epoch(self) -> None:
-        for s in self.schedulers:
-            s.step()
+        self.optimizers.end_epoch()
         if self.labels is not None:          # every rank has run the same steps
             self.update_codes()
         self.seen.zero_()
@@ -301,18 +308,13 @@ class DFAHTrainer:
         self.codes[updated] = sgn(new[updated])
 
     def state_dict(self) -> dict:
-        return {"opt_extractors": self.opt_extractors.state_dict(),
-                "opt_discriminator": self.opt_discriminator.state_dict(),
-                "schedulers": [s.state_dict() for s in self.schedulers],
+        return {**self.optimizers.state_dict(),
                 "fusion": self.fusion.state_dict(),
                 "discriminator": self.discriminator.state_dict(),
                 "codes": self.codes.to(torch.int8).cpu()}           # B: -1, +1, 0 = not set
 
     def load_state_dict(self, state: dict) -> None:
-        self.opt_extractors.load_state_dict(state["opt_extractors"])
-        self.opt_discriminator.load_state_dict(state["opt_discriminator"])
-        for s, s_state in zip(self.schedulers, state["schedulers"]):
-            s.load_state_dict(s_state)
+        self.optimizers.load_state_dict(state)
         self.fusion.load_state_dict(state["fusion"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.codes.copy_(state["codes"].to(self.codes.device, torch.float32))

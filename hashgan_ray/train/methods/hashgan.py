@@ -24,7 +24,6 @@ import logging
 import torch
 from torch import nn
 
-from hashgan_ray.config import ORACLE
 from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.losses import (
@@ -33,11 +32,14 @@ from hashgan_ray.train.losses import (
     triplet_ranking_loss,
 )
 from hashgan_ray.train.steps import (
+    LrSchedule,
+    Optimizers,
+    attention_switches,
     autocast,
     build_optimizers,
     frozen,
     gathered,
-    lr_schedulers,
+    single_process,
 )
 
 log = logging.getLogger("hashgan_ray.train")
@@ -59,9 +61,10 @@ def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.
         codes = net(batch["image"], batch["text"], masks, word_mask)
     codes, labels = gathered(codes, batch["labels"], gather)
     sim = label_similarity(labels, labels)
+    image_attention, text_attention = attention_switches(model)
     losses = hashgan_losses(codes, sim, margin,
-                            image_attention=model.args["image_attention"] or oracle is not None,
-                            text_attention=model.args["text_attention"] or oracle is not None,
+                            image_attention=image_attention or oracle is not None,
+                            text_attention=text_attention or oracle is not None,
                             mining=mining, quantization=quantization, balance=balance)
     optimizer.zero_grad(set_to_none=True)
     losses["full"].backward()
@@ -74,6 +77,7 @@ def g_step(model: HashGAN, attention: nn.Module, batch: dict, optimizer: torch.o
     """max over G of the adversarial loss (eq. 9). `attention` is model.attention
     or its DDP wrapper."""
     net = model.net
+    image_attention, text_attention = attention_switches(model)
     image, text = batch["image"], batch["text"]
     with autocast(image.device):
         with torch.no_grad():
@@ -83,9 +87,9 @@ def g_step(model: HashGAN, attention: nn.Module, batch: dict, optimizer: torch.o
             codes = {"img": net.hash_image(z_img.detach() * maps),
                      "txt": net.hash_text(z_txt.detach() * feats)}
         with frozen(net.image_head, net.image_code, net.text_code):
-            if model.args["image_attention"]:
+            if image_attention:
                 codes["img_un"] = net.hash_image((1 - z_img) * maps)
-            if model.args["text_attention"]:
+            if text_attention:
                 codes["txt_un"] = net.hash_text((1 - z_txt) * feats)
             codes, labels = gathered(codes, batch["labels"], gather)
             sim = label_similarity(labels, labels)
@@ -110,63 +114,65 @@ def g_steps_after(step: int, d_steps: int, g_steps: int) -> int:
 
 class HashGANTrainer:
     """HashGAN's schedule (section 3.3): d_steps E/D steps, then g_steps G steps
-    on the last of those batches, Adam for each player, the lr divided by
-    lr_decay every lr_decay_every epochs.
+    on the last of those batches, Adam for each player (G's only when the model
+    has attention), the lr following `schedule`.
+
+    margin, mining, quantization, balance: the objective (train/losses.py,
+    hashgan_losses). `oracle` (data/oracle.py): the true masks in place of G's,
+    for a model built without attention.
     The trainer interface is described in train/methods/__init__.py."""
 
     uses_unlabeled = False
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
+    def __init__(self, model: HashGAN, *, lr: float, betas: tuple[float, float],
+                 schedule: LrSchedule, margin: float, mining: str = "all",
+                 quantization: float = 0.0, balance: float = 0.0, d_steps: int = 4,
+                 g_steps: int = 1, oracle: Oracle | None = None, wrap=single_process,
                  gather=None):
-        self.model, self.cfg = model, cfg
+        self.model = model
+        self.margin, self.mining = margin, mining
+        self.quantization, self.balance = quantization, balance
+        self.d_steps, self.g_steps = d_steps, g_steps
+        self.oracle = oracle                    # no G then
         self.gather = gather                    # triplets over every worker's batch (`gathered`)
-        self.opt_ed, self.opt_g = build_optimizers(model, cfg.lr, cfg.beta1)
-        self.schedulers = lr_schedulers((self.opt_ed, self.opt_g), cfg)
+        self.opt_ed, self.opt_g = build_optimizers(model, lr, betas)
+        self.optimizers = Optimizers(schedule, opt_ed=self.opt_ed, opt_g=self.opt_g)
         # Two wrappers: E+D and G are updated in alternation (module docstring).
         self.net = wrap(model.net)
         self.attention = wrap(model.attention) if self.opt_g is not None else model.attention
         self._epoch_steps = 0
         self._warned_no_g_step = False
-        self.oracle = Oracle(cfg.data) if cfg.attention == ORACLE else None   # no G then
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
         # Every batch gets an E/D step and every d_steps-th batch is then used
         # for the G step(s) too, rather than G steps taking batches from E/D:
         # an epoch is the same number of E/D updates with or without attention,
         # so the Table 4 ablation compares attention, not training length.
-        cfg = self.cfg
-        stats = ed_step(self.model, self.net, batch, self.opt_ed, cfg.margin, mining=cfg.mining,
-                        quantization=cfg.quantization, balance=cfg.balance, oracle=self.oracle,
-                        gather=self.gather)
+        stats = ed_step(self.model, self.net, batch, self.opt_ed, self.margin, mining=self.mining,
+                        quantization=self.quantization, balance=self.balance,
+                        oracle=self.oracle, gather=self.gather)
         self._epoch_steps += 1
         if self.opt_g is not None:
-            for _ in range(g_steps_after(step, cfg.d_steps, cfg.g_steps)):
-                stats.update(g_step(self.model, self.attention, batch, self.opt_g, cfg.margin,
-                                    cfg.mining, gather=self.gather))
+            for _ in range(g_steps_after(step, self.d_steps, self.g_steps)):
+                stats.update(g_step(self.model, self.attention, batch, self.opt_g, self.margin,
+                                    self.mining, gather=self.gather))
         return stats
 
     def end_epoch(self) -> None:
         # The step count restarts every epoch, so an epoch of fewer than d_steps
         # batches (per worker) never trains G: say so rather than train a model
         # whose attention silently stays where it started.
-        if (self.opt_g is not None and self.cfg.g_steps > 0
-                and 0 < self._epoch_steps < self.cfg.d_steps and not self._warned_no_g_step):
+        if (self.opt_g is not None and self.g_steps > 0
+                and 0 < self._epoch_steps < self.d_steps and not self._warned_no_g_step):
             log.warning("attention (G) got no step this epoch: %d batches per worker, fewer than "
                         "d_steps=%d; use a smaller --batch-size or --d-steps, or more data",
-                        self._epoch_steps, self.cfg.d_steps)
+                        self._epoch_steps, self.d_steps)
             self._warned_no_g_step = True
         self._epoch_steps = 0
-        for s in self.schedulers:
-            s.step()
+        self.optimizers.end_epoch()
 
     def state_dict(self) -> dict:
-        return {"opt_ed": self.opt_ed.state_dict(),
-                "opt_g": self.opt_g.state_dict() if self.opt_g is not None else None,
-                "schedulers": [s.state_dict() for s in self.schedulers]}
+        return self.optimizers.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.opt_ed.load_state_dict(state["opt_ed"])
-        if self.opt_g is not None:
-            self.opt_g.load_state_dict(state["opt_g"])
-        for s, s_state in zip(self.schedulers, state["schedulers"]):
-            s.load_state_dict(s_state)
+        self.optimizers.load_state_dict(state)

@@ -25,7 +25,7 @@ codes h = tanh(...) per modality. For a direction A->B (image->text and
 text->image), a query q of modality A, a true positive p of modality B and an
 example c of modality B,
 
-    u(q, p, c) = ε + ||h_q - h_p|| - ||h_q - h_c||      (ε: cfg.margin)
+    u(q, p, c) = ε + ||h_q - h_p|| - ||h_q - h_c||      (ε: the margin)
 
 is the argument of the triplet hinge: u > 0 means c is not yet a margin ε
 further from q than p is; u = 0 means c sits exactly at the margin.
@@ -70,9 +70,9 @@ exact expected reward b(q) = Σ_c p_θ(c | q) r(q, c) under the current policy
 
     L_G = - mean over q, k of (r(q, c_k) - b(q)) · log p_θ(c_k | q).
 
-Schedule: cfg.d_steps discriminator steps, then cfg.g_steps generator steps
-(steps.is_g_step), Adam (cfg.lr, cfg.beta1) for each, the lr divided by
-cfg.lr_decay every cfg.lr_decay_every epochs, as HashGANTrainer.
+Schedule: d_steps discriminator steps, then g_steps generator steps
+(steps.is_g_step), Adam for each, the lr following the run's schedule, as
+HashGANTrainer.
 
 DDP: the discriminator (model.net) and the generator are wrapped separately;
 a D step runs the forward of the net wrapper only (the generator, unwrapped,
@@ -89,7 +89,15 @@ from torch import nn
 
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.losses import label_similarity, pairwise_distance, triplet_ranking_loss
-from hashgan_ray.train.steps import autocast, build_optimizers, gathered, is_g_step, lr_schedulers
+from hashgan_ray.train.steps import (
+    LrSchedule,
+    Optimizers,
+    autocast,
+    build_optimizers,
+    gathered,
+    is_g_step,
+    single_process,
+)
 
 SAMPLES_PER_QUERY = 4      # K: selections per query and direction
 GENERATOR_HIDDEN = 128     # width of each relevance MLP
@@ -224,32 +232,35 @@ def directions(img: torch.Tensor, txt: torch.Tensor, scores: tuple):
 
 
 class SCHGANTrainer:
-    """SCH-GAN's schedule (module docstring); interface in train/methods/__init__.py."""
+    """SCH-GAN's schedule (module docstring); interface in train/methods/__init__.py.
+    margin, mining: of the triplet terms (train/losses.py)."""
 
     uses_unlabeled = True
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
-                 gather=None):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: HashGAN, *, lr: float, betas: tuple[float, float],
+                 schedule: LrSchedule, margin: float, mining: str = "all", d_steps: int = 4,
+                 g_steps: int = 1, wrap=single_process, gather=None):
+        self.model = model
+        self.margin, self.mining = margin, mining
+        self.d_steps, self.g_steps = d_steps, g_steps
         self.gather = gather                    # labelled triplets over every worker's batch
         device = next(model.parameters()).device
         self.generator = Generator(model.bits).to(device)
-        self.opt_d, _ = build_optimizers(model, cfg.lr, cfg.beta1)     # attention off: no G
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr,
-                                      betas=(cfg.beta1, 0.999))
-        self.schedulers = lr_schedulers((self.opt_d, self.opt_g), cfg)
+        self.opt_d, _ = build_optimizers(model, lr, betas)     # attention off: no G
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
+        self.optimizers = Optimizers(schedule, opt_d=self.opt_d, opt_g=self.opt_g)
         # Two wrappers: discriminator and generator are updated in alternation.
         self.net = wrap(model.net)
         self.gen = wrap(self.generator)
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
-        if is_g_step(step, self.cfg.d_steps, self.cfg.g_steps):
+        if is_g_step(step, self.d_steps, self.g_steps):
             return self.g_step(batch)
         return self.d_step(batch)
 
     def d_step(self, batch: dict) -> dict[str, float]:
         """min over the discriminator of L_D, examples selected by the fixed generator."""
-        margin = self.cfg.margin
+        margin = self.margin
         labeled, pos, pool, queries = batch_masks(batch)
         img, txt = relaxed_codes(self.net, self.model, batch)
         with torch.no_grad():
@@ -258,7 +269,7 @@ class SCHGANTrainer:
         for name, q, c, s in directions(img, txt, scores):
             picks = sample_picks(selection_log_probs(s, pool), SAMPLES_PER_QUERY)
             dist = pairwise_distance(q, c)                             # (B, B)
-            losses[f"d_{name}"] = labelled_triplet_loss(q, c, batch, margin, self.cfg.mining,
+            losses[f"d_{name}"] = labelled_triplet_loss(q, c, batch, margin, self.mining,
                                                         self.gather)
             losses[f"d_{name}_selected"] = selected_triplet_loss(dist, pos, queries, picks, margin)
         total = sum(losses.values())
@@ -278,7 +289,7 @@ class SCHGANTrainer:
             log_probs = selection_log_probs(s, pool)
             picks = sample_picks(log_probs, SAMPLES_PER_QUERY)
             with torch.no_grad():
-                rewards = candidate_rewards(pairwise_distance(q, c), pos, self.cfg.margin)
+                rewards = candidate_rewards(pairwise_distance(q, c), pos, self.margin)
                 reward = reward + masked_mean(rewards.gather(1, picks),
                                               queries.unsqueeze(1).expand_as(picks))
             loss = loss + reinforce_loss(log_probs, picks, rewards, queries)
@@ -288,17 +299,11 @@ class SCHGANTrainer:
         return {"g_reinforce": float(loss.detach()), "g_reward": float(reward) / 2}
 
     def end_epoch(self) -> None:
-        for s in self.schedulers:
-            s.step()
+        self.optimizers.end_epoch()
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "opt_g": self.opt_g.state_dict(),
-                "schedulers": [s.state_dict() for s in self.schedulers]}
+        return {"generator": self.generator.state_dict(), **self.optimizers.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        for s, s_state in zip(self.schedulers, state["schedulers"]):
-            s.load_state_dict(s_state)
+        self.optimizers.load_state_dict(state)

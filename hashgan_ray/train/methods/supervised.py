@@ -27,29 +27,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashgan_ray.data.format import read_meta
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.losses import balance_loss
 from hashgan_ray.train.methods.dcmh import Branch
-from hashgan_ray.train.steps import autocast, lr_schedulers
+from hashgan_ray.train.steps import LrSchedule, Optimizers, autocast, single_process
 
 
 class SupervisedTrainer:
-    """The trainer interface is described in train/methods/__init__.py."""
+    """`num_labels`: the dataset's (the head's outputs).
+    The trainer interface is described in train/methods/__init__.py."""
 
     uses_unlabeled = False
 
-    def __init__(self, model: HashGAN, cfg, *, wrap, all_reduce=None, train_ids=None,
-                 gather=None):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: HashGAN, *, num_labels: int, lr: float,
+                 betas: tuple[float, float], schedule: LrSchedule,
+                 wrap=single_process):
+        self.model = model
         device = next(model.parameters()).device
-        self.head = nn.Linear(model.bits, read_meta(cfg.data).num_labels).to(device)
+        self.head = nn.Linear(model.bits, num_labels).to(device)
         self.branches = {m: Branch(model.net, m) for m in ("image", "text")}
         self.nets = {m: wrap(b) for m, b in self.branches.items()}
         self.wrapped_head = wrap(self.head)
         params = [*model.net.parameters(), *self.head.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        self.schedulers = lr_schedulers([self.optimizer], cfg)
+        self.optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
+        self.optimizers = Optimizers(schedule, optimizer=self.optimizer)
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
         labels = batch["labels"].float()
@@ -67,15 +68,11 @@ class SupervisedTrainer:
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def end_epoch(self) -> None:
-        for s in self.schedulers:
-            s.step()
+        self.optimizers.end_epoch()
 
     def state_dict(self) -> dict:
-        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedulers": [s.state_dict() for s in self.schedulers]}
+        return {"head": self.head.state_dict(), **self.optimizers.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for s, s_state in zip(self.schedulers, state["schedulers"]):
-            s.load_state_dict(s_state)
+        self.optimizers.load_state_dict(state)
