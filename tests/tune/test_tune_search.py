@@ -40,16 +40,20 @@ def tune_records(out: Path) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def searched(local_ray, synth_data, tmp_path_factory):
-    """A search whose first attempt failed (the dataset's pairs were missing)
-    and which a rerun on the same --out resumed: -> (out, the failed rows)."""
+    """A search whose first attempt failed (the dataset's Parquet files were
+    unreadable: the CLI refuses missing ones before Ray starts) and which a rerun
+    on the same --out resumed: -> (out, the failed rows)."""
     root = tmp_path_factory.mktemp("tune")
     data, out = root / "data", root / "search"
     shutil.copytree(synth_data, data)
-    (data / "pairs").rename(root / "pairs")
+    parts = {path: path.read_bytes() for path in (data / "pairs").glob("part-*.parquet")}
+    for path in parts:
+        path.write_bytes(b"not parquet")
     with pytest.raises(RuntimeError, match="no trial reported a MAP"):
         main(tune_args(data, out))
     failed = read_rows(out)
-    (root / "pairs").rename(data / "pairs")
+    for path, content in parts.items():
+        path.write_bytes(content)
     assert main(tune_args(data, out)) == 0
     return out, failed
 
