@@ -214,3 +214,16 @@ def test_index_commands_check_model_dataset_and_shards_first(synth_data, tiny_mo
     capsys.readouterr()
     fails_before_ray(["index", "add", "--index", str(out), "--data", str(other)], capsys,
                      "vocabulary differs")
+
+
+def test_the_choices_written_in_the_cli_are_the_librarys():
+    """--kind and --layout list their values in cli/index.py (importing FAISS or Serve
+    to build the parser would cost every command); they must stay the library's."""
+    from hashgan_ray.index.store import KINDS
+    from hashgan_ray.serving.app import LAYOUTS
+
+    by_path = {" ".join(path): p for path, p in parsers()}
+    choices = {a.dest: tuple(a.choices) for name in ("index build", "serve")
+               for a in by_path[name]._actions if a.choices}
+    assert choices["kind"] == KINDS
+    assert choices["layout"] == tuple(v for v in LAYOUTS if v != "auto")
