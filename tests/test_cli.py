@@ -92,11 +92,16 @@ def test_every_command_has_a_description_and_an_example(command, capsys):
     assert examples[0].startswith("  hashgan-ray " + " ".join(command))
     assert "(default: None)" not in text and "(default )" not in text
     assert "(default: )" not in text and "(default None)" not in text
+    assert max(map(len, text.splitlines())) <= 80
     parser = dict((" ".join(path), p) for path, p in parsers())[" ".join(command)]
     for action in parser._actions:
         if action.choices and not isinstance(action, argparse._SubParsersAction) \
                 and action.help != argparse.SUPPRESS:
             assert "{" + ",".join(action.choices) + "}" in text, action.dest
+        if action.option_strings and isinstance(action.default, (int, float, str)) \
+                and not isinstance(action.default, bool) and action.default not in ("", "==SUPPRESS==") \
+                and "default" not in (action.help or ""):
+            assert f"(default: {action.default})" in " ".join(text.split()), action.dest  # 0 too
 
 
 def test_the_top_level_help_says_what_it_is_and_lists_the_commands(capsys):
@@ -107,8 +112,9 @@ def test_the_top_level_help_says_what_it_is_and_lists_the_commands(capsys):
     for name in ("data", "train", "eval", "index", "serve", "tune", "experiment"):
         assert f"\n    {name} " in listed
     tour = text.split("\n\n")[-1]
-    assert [line.split()[1] for line in tour.splitlines()[1:]] == [
-        "data", "train", "eval", "index", "serve"]
+    assert [line.split()[1] for line in tour.splitlines() if line.startswith("  hashgan-ray ")] \
+        == ["data", "train", "eval", "index", "serve"]
+    assert max(map(len, text.splitlines())) <= 80
 
 
 def test_train_help_marks_data_and_out_required_and_lists_the_choices(capsys):

@@ -15,7 +15,7 @@ import sys
 
 from hashgan_ray.cli.data import add_data_commands
 from hashgan_ray.cli.experiment import add_experiment_commands
-from hashgan_ray.cli.help import HelpFormatter, Parser
+from hashgan_ray.cli.help import HelpFormatter, Parser, format_example
 from hashgan_ray.cli.index import add_index_commands, add_serve_command
 from hashgan_ray.cli.train import add_train_commands
 from hashgan_ray.data.format import DataError
@@ -30,13 +30,15 @@ FAISS indexes and serves search over HTTP with Ray Serve, on one machine or a
 Ray cluster. A first run goes data -> train -> index -> serve (examples below);
 `hashgan-ray COMMAND --help` explains each command."""
 
-TOUR = """\
-a first run, on the synthetic benchmark:
-  hashgan-ray data synth --out data/synth --pairs 3000
-  hashgan-ray train --data data/synth --out runs/synth --epochs 15 --workers 2 --batch-size 32
-  hashgan-ray eval --checkpoint runs/synth/model --data data/synth
-  hashgan-ray index build --checkpoint runs/synth/model --data data/synth --out index/synth
-  hashgan-ray serve --checkpoint runs/synth/model --index index/synth    # then open http://127.0.0.1:8000/"""
+FIRST_RUN = [
+    "hashgan-ray data synth --out data/synth --pairs 3000",
+    "hashgan-ray train --data data/synth --out runs/synth --epochs 15 --workers 2 --batch-size 32",
+    "hashgan-ray eval --checkpoint runs/synth/model --data data/synth",
+    "hashgan-ray index build --checkpoint runs/synth/model --data data/synth --out index/synth",
+    "hashgan-ray serve --checkpoint runs/synth/model --index index/synth",
+]
+TOUR = ("a first run, on the synthetic benchmark (then open http://127.0.0.1:8000/):\n"
+        + "\n".join(map(format_example, FIRST_RUN)))
 
 
 def build_parser() -> Parser:

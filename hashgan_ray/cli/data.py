@@ -173,8 +173,8 @@ def _add_converters(convert) -> None:
                     "(images IAll, bag of words YAll, labels LAll; one file or one per "
                     "variable, MATLAB v5 or v7.3) into a dataset directory.",
         examples=["hashgan-ray data convert dcmh-mat --src FLICKR-25K.mat --out data/mirflickr",
-                  "hashgan-ray data convert dcmh-mat --src nus-wide-tc21-iall.mat "
-                  "nus-wide-tc21-yall.mat nus-wide-tc21-lall.mat --out data/nuswide"])
+                  "hashgan-ray data convert dcmh-mat --src nus-wide-tc21-{iall,yall,lall}.mat "
+                  "--out data/nuswide"])
     dcmh.add_argument("--src", type=Path, nargs="+", required=True, metavar="FILE",
                       help="the .mat file(s) holding IAll (or images), YAll and LAll")
     dcmh.add_argument("--name", default=None,

@@ -3,6 +3,7 @@ is for, examples kept as written, defaults shown once, and user errors on one li
 from __future__ import annotations
 
 import argparse
+import shlex
 import textwrap
 
 WIDTH = 80
@@ -19,8 +20,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (not action.option_strings or default in (None, False, "", argparse.SUPPRESS)
-                or "default" in text or isinstance(action, argparse._VersionAction)):
+        # `is`, not `in`: a default of 0 is shown (0 == False)
+        nothing = default is None or default is False or default == "" or default == argparse.SUPPRESS
+        if (not action.option_strings or nothing or "default" in text
+                or isinstance(action, argparse._VersionAction)):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
@@ -41,12 +44,23 @@ def add_command(commands, name: str, *, summary: str, description: str, examples
     return commands.add_parser(
         name, help=summary, usage=usage, formatter_class=HelpFormatter,
         description=textwrap.fill(" ".join(description.split()), WIDTH),
-        epilog="examples:\n" + "\n".join(map(_example, examples)), **options)
+        epilog="examples:\n" + "\n".join(map(format_example, examples)), **options)
 
 
-def _example(command: str) -> str:
-    """One example command, continued over lines (shell style) where it is long."""
-    lines = textwrap.wrap(command, WIDTH - 6, break_long_words=False, break_on_hyphens=False)
+def format_example(command: str) -> str:
+    """One example command, continued over lines (shell style) where it is long;
+    an option stays on the line of its values, a quoted argument is never split."""
+    chunks: list[str] = []
+    for word in shlex.split(command, posix=False):          # posix=False keeps the quotes
+        if chunks and not word.startswith("-"):
+            chunks[-1] += " " + word
+        else:
+            chunks.append(word)
+    lines = [""]
+    for chunk in chunks:
+        if lines[-1] and len(lines[-1]) + 1 + len(chunk) > WIDTH - 8:
+            lines.append("")
+        lines[-1] += (" " if lines[-1] else "") + chunk
     return "  " + " \\\n      ".join(lines)
 
 
