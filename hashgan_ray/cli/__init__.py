@@ -10,7 +10,6 @@ options they share, help.py the look of every --help.
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import sys
 
 from hashgan_ray.cli.data import add_data_commands
@@ -19,6 +18,7 @@ from hashgan_ray.cli.help import HelpFormatter, Parser, format_example
 from hashgan_ray.cli.index import add_index_commands, add_serve_command
 from hashgan_ray.cli.train import add_train_commands
 from hashgan_ray.data.format import DataError
+from hashgan_ray.output import setup_output
 
 __all__ = ["build_parser", "main"]
 
@@ -44,7 +44,10 @@ TOUR = ("a first run, on the synthetic benchmark (then open http://127.0.0.1:800
 def build_parser() -> Parser:
     parser = Parser(prog="hashgan-ray", description=DESCRIPTION, epilog=TOUR,
                     formatter_class=HelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also Ray's and the libraries' log lines, with times (default: "
+                             "progress, one line per epoch, the summary; Ray's lines stay in "
+                             "its log files)")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('hashgan-ray')}")
     commands = parser.add_subparsers(dest="command", required=True, title="commands",
@@ -59,8 +62,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_output(args.verbose)
     try:
         args.func(args)
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:

@@ -22,10 +22,16 @@ def connect_ray(address: str | None, num_cpus: int | None) -> None:
     already joined (tests, notebooks) is kept."""
     import ray
 
+    from hashgan_ray.output import ray_log_level
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=ray_log_level())
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        # One machine has nothing to preempt: Ray Train's preemption watcher would
+        # only log a core_worker.cc error about its constructor arguments at each start.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 logging_level=ray_log_level())
