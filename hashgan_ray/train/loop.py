@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
+                       RunConfig, ScalingConfig, UserCallback)
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.placement_group_callback import (
+    PlacementGroupCleanerCallback)
 
 from hashgan_ray.config import ORACLE, TrainConfig
 from hashgan_ray.data.format import DatasetMeta, read_meta, read_pairs
@@ -28,11 +34,13 @@ from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.evaluation.evaluate import encode_split, retrieval_map, sample_ids
 from hashgan_ray.model.backbones import pretrained_path
 from hashgan_ray.model.checkpoint import TRAIN_STATE, WEIGHTS, export_model, write_model_files
+from hashgan_ray.output import ray_log_level
 from hashgan_ray.train.methods import build_model, build_trainer, no_all_reduce, trainer_class
 
 log = logging.getLogger("hashgan_ray.train")
 RAY_RUN_NAME = "train"          # RUN_DIR/train/ holds Ray Train's checkpoints
 SHUFFLE_BUFFER = 1024           # rows; Ray Data's local shuffle within each worker's stream
+RAY_LOG_LEVEL = "ray_log_level"     # beside the TrainConfig in train_loop_config: output.py's
 
 
 def save_checkpoint(directory, model, meta, cfg, epoch, trainer) -> None:
@@ -126,8 +134,19 @@ def replicas_in_sync(model: torch.nn.Module, world: int) -> bool:
     return all(torch.equal(gathered[0], g) for g in gathered)
 
 
+def report_lines_at(level: str) -> None:
+    """Ray Train 2.60 logs "Reporting training result N: TrainingReport(...)" for
+    each worker and epoch through a logger named by its file's path, outside the
+    "ray.train" logger that RunConfig's logging_config governs: give it that level."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(level)
+
+
 def train_loop_per_worker(config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = dict(config)
+    report_lines_at(config.pop(RAY_LOG_LEVEL))
     cfg = TrainConfig.from_dict(config)
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
@@ -154,6 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     val_ids = sample_ids(cfg.data, "database", cfg.val_database, cfg.seed) if rank == 0 else None
 
+    attempt_started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         sums: dict[str, float] = defaultdict(float)
@@ -177,10 +197,9 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             model.eval()
             report.update(validate(model, cfg, meta, val_ids, device))
-            losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in report.items() if k.startswith("loss_"))
-            log.info("epoch %d/%d  %s  MAP i->t %.4f t->i %.4f  %.0f samples/s", epoch + 1,
-                     cfg.epochs, losses, report["map_i2t"], report["map_t2i"],
-                     report["samples_per_s"])
+            # training and validation, mean over this attempt's epochs (the time left)
+            report["seconds_per_epoch"] = ((time.perf_counter() - attempt_started)
+                                           / (epoch + 1 - start_epoch))
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, model, meta, cfg, epoch, trainer)
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp))
@@ -188,11 +207,85 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(report, checkpoint=None)
 
 
-def fit(cfg: TrainConfig, callbacks=(), meta: DatasetMeta | None = None):
+class _ReportsToDriver(UserCallback):
+    """Puts rank 0's report of each epoch (the one with MAP) on a queue that
+    fit's thread reads: callbacks run in Ray Train's controller actor, whose
+    output would reach the console only with Ray's "(TrainController pid=...)"."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        for worker_metrics in metrics:
+            if "map_i2t" in worker_metrics:
+                self.queue.put(worker_metrics)
+
+
+@contextmanager
+def _epochs_to(on_epoch):
+    """Ray Train callbacks that call `on_epoch(metrics)` in this process after
+    each epoch (none when on_epoch is None), from a thread while training runs."""
+    if on_epoch is None:
+        yield []
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue, done = Queue(actor_options={"num_cpus": 0}), threading.Event()
+
+    def relay():
+        while True:
+            try:
+                on_epoch(queue.get(timeout=0.5))
+            except Empty:
+                if done.is_set():
+                    return
+            except ray.exceptions.RayError:     # Ray went down: fit raises the error
+                return
+    thread = threading.Thread(target=relay, name="epoch-lines", daemon=True)
+    thread.start()
+    try:
+        yield [_ReportsToDriver(queue)]
+    finally:
+        done.set()
+        thread.join(timeout=30)
+        queue.shutdown()
+
+
+class _Trainer(TorchTrainer):
+    """TorchTrainer without Ray Train's placement-group cleaner where the
+    cluster has no state API (a local Ray started without its dashboard, as
+    the CLI and the tests start it): the cleaner asks that API every second
+    whether the controller still lives, logs "Failed to query Ray Train
+    Controller actor state" at each try, and so could never clean up anyway
+    (Tune's PlacementGroupReaper, tuning/search.py, removes a stopped trial's group)."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        if state_api_reachable():
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+
+def state_api_reachable() -> bool:
+    """Whether the connected cluster answers Ray's state API (its dashboard runs)."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        list_nodes(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10,
+                   raise_on_missing_output=False)
+    except RayStateApiException:
+        return False
+    return True
+
+
+def fit(cfg: TrainConfig, callbacks=(), meta: DatasetMeta | None = None, on_epoch=None):
     """Run training on the connected Ray cluster; export the final model to
     RUN_DIR/model/ and return Ray Train's Result. `callbacks`: Ray Train
     callbacks for the run (Tune passes its TuneReportCallback, tuning.py).
-    `meta`: the dataset's, where the caller has read it (an experiment's cell)."""
+    `meta`: the dataset's, where the caller has read it (an experiment's cell).
+    `on_epoch(metrics)`: called here after each epoch with rank 0's report
+    (the CLI prints its line, output.epoch_line)."""
     meta = meta or read_meta(cfg.data)                # fail early, on the driver
     if cfg.pretrained:
         pretrained_path(cfg.backbone, cfg.backbone_weights)
@@ -211,19 +304,28 @@ def fit(cfg: TrainConfig, callbacks=(), meta: DatasetMeta | None = None):
         # A streamed epoch waits ~3 s here for its first batch (the pipeline
         # restarts every epoch); a cached one ~0.1 s (benchmarks/train_bench.py).
         train = train.materialize()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=cfg.to_dict(),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources,
-                                     placement_strategy=cfg.placement_strategy),
-        run_config=RunConfig(name=RAY_RUN_NAME, storage_path=str(out),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=list(callbacks)),
-        datasets={"train": train},
-    )
-    result = trainer.fit()
+    ray_level = logging.getLevelName(ray_log_level())
+    with _epochs_to(on_epoch) as relays:
+        trainer = _Trainer(
+            train_loop_per_worker,
+            train_loop_config={**cfg.to_dict(), RAY_LOG_LEVEL: ray_level},
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+                                         resources_per_worker=resources,
+                                         placement_strategy=cfg.placement_strategy),
+            run_config=RunConfig(name=RAY_RUN_NAME, storage_path=str(out),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 callbacks=list(callbacks) + relays,
+                                 # Ray Train's INFO lines (each report, each checkpoint)
+                                 # follow this process's Ray level: log files only, without -v
+                                 logging_config=LoggingConfig(ray_level)),
+            datasets={"train": train},
+            # Ray Train's default ingest options pass the deprecated
+            # exclude_resources (a RayDeprecationWarning in every run); these are
+            # the same options otherwise.
+            dataset_config=DataConfig(execution_options=ExecutionOptions()),
+        )
+        result = trainer.fit()
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             export_model(d, out / "model")
