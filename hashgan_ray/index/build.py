@@ -6,6 +6,7 @@ index directory (hashgan_ray.index.store, which knows no Ray).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +69,20 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
     tasks need a whole CPU each and would otherwise wait for the actors forever
     (with one CPU per node left over, some node has a whole one free)."""
     config = check_dataset(checkpoint, data_dir)
-    spec = BatchSpec.from_meta(read_meta(data_dir), config["model"]["image_size"])
+    meta = read_meta(data_dir)
+    spec = BatchSpec.from_meta(meta, config["model"]["image_size"])
+    # No more actors than batches: one without a batch would idle, and Ray Data
+    # warns at each run that the pool "won't fully utilize the available concurrency".
+    batches = max(1, math.ceil(_row_count(meta, split) / batch_size))
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 1)), resources.get("GPU", 0)
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if gpus >= 1 else 0.0
     if gpus_per_actor:
-        actors = actors or max(1, int(gpus // gpus_per_actor))
+        actors = min(actors or max(1, int(gpus // gpus_per_actor)), batches)
         cpus_per_actor, threads = 1.0, None
     else:
-        actors = actors or cpus
+        actors = min(actors or cpus, batches)
         nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
         cpus_per_actor, threads = max(0, cpus - max(nodes, 1)) / actors, 1
     ds = read_split(data_dir, split, spec=spec, rows_per_block=batch_size)
@@ -114,10 +119,14 @@ def _stream_into(ds: ray.data.Dataset, total: int, progress):
     return write
 
 
+def _row_count(meta, split: str | None) -> int:
+    return meta.split_size(split) if split else meta.counts["total"]
+
+
 def _dataset_entry(data_dir, split: str | None) -> dict:
     meta = read_meta(data_dir)
     return {"path": str(Path(data_dir).resolve()), "split": split or "all",
-            "count": meta.split_size(split) if split else meta.counts["total"],
+            "count": _row_count(meta, split),
             "fingerprint": dataset_fingerprint(data_dir), "added_at": store.now()}
 
 
