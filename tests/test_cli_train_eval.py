@@ -38,6 +38,7 @@ def test_eval_prints_map_and_writes_json_and_figures(synth_data, tmp_path, capsy
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(synth_data),
                  "--json", str(out_json), "--figures", str(figures), "--top-k", "50"]) == 0
     result = json.loads(out_json.read_text())
+    assert set(result) == {"map_i2t", "map_t2i", "bits", "n_query", "n_database", "top_k"}
     assert result["bits"] == 16 and result["n_query"] == 24 and result["n_database"] == 216
     assert 0 < result["map_i2t"] <= 1 and 0 < result["map_t2i"] <= 1 and result["top_k"] == 50
     for png in ("pr_curves.png", "attention_masks.png"):

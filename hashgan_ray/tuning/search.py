@@ -210,8 +210,8 @@ def placement_group_rows() -> list:
         changed.append(f"{type(e).__name__}: {e}")
     if changed:
         raise RuntimeError(
-            f"Ray {ray.__version__} changed what hashgan_ray.tuning.placement_group_rows reads "
-            f"(ray._private.state's placement-group table): {changed}. The reaper of stopped "
+            f"Ray {ray.__version__} changed what hashgan_ray.tuning.search.placement_group_rows "
+            f"reads (ray._private.state's placement-group table): {changed}. The reaper of stopped "
             "trials' placement groups needs updating for this Ray (tested: Ray 2.60)")
     return [table.FromString(raw) for raw in rows]
 

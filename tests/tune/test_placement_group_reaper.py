@@ -1,11 +1,11 @@
-"""tuning.placement_group_rows, the package's one read of Ray's private state, on a
+"""tuning.search.placement_group_rows, the package's one read of Ray's private state, on a
 real local Ray: it sees placement groups with their creators, the reaper keeps the
 driver's own and removes one whose creating actor died."""
 import time
 
 from ray.core.generated import gcs_pb2
 
-from hashgan_ray.tuning.search import search as tuning
+from hashgan_ray.tuning import search as tuning
 
 
 def test_rows_have_what_the_reaper_reads(local_ray):
