@@ -75,6 +75,7 @@ def build_trainer(cfg, model, *, meta=None, wrap=single_process, all_reduce=no_a
     the module docstring."""
     cls = trainer_class(cfg.method)
     schedule = LrSchedule(cfg.lr_schedule, cfg.epochs, cfg.lr_decay_every, cfg.lr_decay)
+    # β2 = 0.999, Adam's default: the paper gives β1 only (section 4.1)
     common = dict(lr=cfg.lr, betas=(cfg.beta1, 0.999), schedule=schedule, wrap=wrap)
     adversarial = dict(margin=cfg.margin, mining=cfg.mining, d_steps=cfg.d_steps,
                        g_steps=cfg.g_steps, gather=gather)
