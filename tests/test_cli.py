@@ -189,7 +189,7 @@ def test_experiment_checks_every_dataset_bit_length_and_setting_first(synth_data
     fails_before_ray([*base, "--data", str(synth_data), str(tmp_path)], capsys,
                      "--data:", f"{tmp_path}/meta.json: missing")
     fails_before_ray([*base, "--data", str(synth_data), "--bits", "16", "12"], capsys,
-                     "bits must be a positive multiple of 8, got 12")
+                     "--bits: bits must be a positive multiple of 8, got 12")
     fails_before_ray([*base, "--data", str(synth_data), "--settings", "hashgan-both", "nope"],
                      capsys, "--settings nope: not a setting")
     fails_before_ray([*base, "--data", str(synth_data), "--seed", "1"], capsys, "use --seeds")

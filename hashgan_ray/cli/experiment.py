@@ -37,7 +37,10 @@ def _check_grid(args, base) -> None:
     for data_dir in args.data_dirs:
         training_fits(base, dataset(data_dir), data_dir)
     for bits in args.bit_lengths:
-        TrainConfig.from_dict({**base.to_dict(), "bits": bits})
+        try:
+            TrainConfig.from_dict({**base.to_dict(), "bits": bits})
+        except ValueError as e:
+            raise ValueError(f"--bits: {e}") from None
     if not args.settings:
         return
     from hashgan_ray.experiment.grid import all_settings      # imports torch and Ray: last
