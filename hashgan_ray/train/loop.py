@@ -12,6 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ log = logging.getLogger("hashgan_ray.train")
 RAY_RUN_NAME = "train"          # RUN_DIR/train/ holds Ray Train's checkpoints
 SHUFFLE_BUFFER = 1024           # rows; Ray Data's local shuffle within each worker's stream
 RAY_LOG_LEVEL = "ray_log_level"     # beside the TrainConfig in train_loop_config: output.py's
+DATASET_META = "dataset_meta"       # beside it too: the DatasetMeta fit read, so no worker reads it
 
 
 def save_checkpoint(directory, model, meta, cfg, epoch, trainer) -> None:
@@ -147,11 +149,11 @@ def train_loop_per_worker(config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = dict(config)
     report_lines_at(config.pop(RAY_LOG_LEVEL))
+    meta = DatasetMeta(**config.pop(DATASET_META))
     cfg = TrainConfig.from_dict(config)
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
-    meta = read_meta(cfg.data)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, meta)
@@ -308,7 +310,8 @@ def fit(cfg: TrainConfig, callbacks=(), meta: DatasetMeta | None = None, on_epoc
     with _epochs_to(on_epoch) as relays:
         trainer = _Trainer(
             train_loop_per_worker,
-            train_loop_config={**cfg.to_dict(), RAY_LOG_LEVEL: ray_level},
+            train_loop_config={**cfg.to_dict(), RAY_LOG_LEVEL: ray_level,
+                               DATASET_META: asdict(meta)},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                          resources_per_worker=resources,
                                          placement_strategy=cfg.placement_strategy),
