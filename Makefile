@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 # Synthetic data -> Ray Train (2 DDP workers) -> evaluation with PR curves -> index -> search.
 # 2 workers x 32 = the paper's global batch of 64 (triplets are mined over both workers'
-# rows); every other choice is train's default, the best measured (README, "Code quality").
+# rows); every other choice is train's default, the best measured (docs/quality.md).
 demo: $(STAMP)
 	$(VENV)/bin/hashgan-ray data synth --out $(DEMO)/data --pairs 3000 --seed 0 --overwrite
 	$(VENV)/bin/hashgan-ray data info $(DEMO)/data
@@ -31,7 +31,7 @@ demo: $(STAMP)
 	    --out $(DEMO)/index --overwrite
 	$(PY) serve/demo.py --checkpoint $(DEMO)/run/model --index $(DEMO)/index --data $(DEMO)/data
 
-# The paper's grid on the synthetic default (README, "Experiments"), with train's defaults:
+# The paper's grid on the synthetic default (docs/experiments.md), with train's defaults:
 # (4 attention settings + every other registered method) x 3 seeds at 32 bits, 15 epochs,
 # the demo's budget, 2 cells at a time on 2 CPUs. 15 epochs because shorter runs leave
 # every method near chance (the 2-epoch grid did); the other bit lengths and the
@@ -63,7 +63,7 @@ test: $(STAMP) browser
 wheel-test:
 	bash .ci/wheel_test.sh
 
-# NUS-WIDE's size end to end (README, "Scale"): write the official layout, convert,
+# NUS-WIDE's size end to end (docs/benchmarks.md, "Scale"): write the official layout, convert,
 # train 2 workers, index, evaluate, serve; time and peak RSS per stage. Finished stages
 # are reused on a rerun; SCALE_PAIRS=3000 for a small run.
 SCALE := scale-out

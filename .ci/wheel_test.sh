@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The wheel, outside the checkout (`make wheel-test`; README, "Install"): build it
+# The wheel, outside the checkout (`make wheel-test`; docs/install.md): build it
 # from a clean copy of the tree, install it with constraints.txt into a fresh venv
 # under /tmp, and from a directory outside the checkout run what a user runs:
 # --version, a tiny `data synth`, a one-epoch `train`, `index build`, the default

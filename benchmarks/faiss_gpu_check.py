@@ -3,7 +3,7 @@ equal results, ties included, and the time of each, as ratios to the CPU in this
 
     python benchmarks/faiss_gpu_check.py [--n 1000000] [--queries 1000] [--bits 16 32 64]
 
-Needs FAISS with GPU support (pip install 'hashgan-ray[gpu]', README "Install") and a
+Needs FAISS with GPU support (pip install 'hashgan-ray[gpu]', docs/install.md) and a
 visible GPU; exits with status 2 saying so otherwise. Codes are uniform random, so
 ties at the k-th distance are many at 16 bits and few at 64.
 """

@@ -1,4 +1,4 @@
-"""The README's pictures of the search page: the service on a local Ray, the page
+"""The pictures of the search page in README.md and docs/serving.md: the service on a local Ray, the page
 in Debian's chromium, a text query from the dataset's query split, screenshots.
 
     .venv/bin/python benchmarks/page_screenshot.py --checkpoint demo-out/run/model \

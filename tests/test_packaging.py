@@ -54,7 +54,7 @@ def test_the_environment_has_the_pinned_versions():
     for req in requirements("base", "dev"):
         name = canonicalize_name(req.name)
         if name == "faiss-cpu" and not _installed(name):
-            name = "faiss-gpu"                # a GPU install replaces it (README, "Install")
+            name = "faiss-gpu"                # a GPU install replaces it (docs/install.md)
         assert importlib.metadata.version(name).split("+")[0] == pins[name], name
 
 

@@ -1,4 +1,4 @@
-"""The on-disk dataset: `pairs/part-*.parquet` + `meta.json` (see README, "Dataset format").
+"""The on-disk dataset: `pairs/part-*.parquet` + `meta.json` (see docs/data.md).
 
 One row per image-text pair:
 

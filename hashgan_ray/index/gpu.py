@@ -4,7 +4,7 @@
     exact_index(index, gpu)      what to search: a GPU copy of an exact index, or itself
     gpu_ranking(q, db, k, gpu)   the top-k rows from a GPU index, or None (rank on the CPU)
 
-FAISS's GPU build (`pip install 'hashgan-ray[gpu]'`, README "Install") has
+FAISS's GPU build (`pip install 'hashgan-ray[gpu]'`, docs/install.md) has
 `GpuIndexBinaryFlat`; the CPU build (faiss-cpu, the default) has not. Both
 compute the same Hamming distances, but the GPU's k-selection returns the items
 tied at the k-th distance in no particular order and may cut a different subset
@@ -88,7 +88,7 @@ def decide(requested: bool | None, gpu_build: bool, gpus: int) -> tuple[bool, st
     if not gpu_build:
         return False, ("a GPU was given but this FAISS is the CPU build (faiss-cpu); "
                        "exact search runs on the CPU. For GPU search install "
-                       "'hashgan-ray[gpu]' (README, \"Install\")")
+                       "'hashgan-ray[gpu]' (docs/install.md)")
     return False, "a GPU was given but FAISS sees none (CUDA_VISIBLE_DEVICES?); searching on the CPU"
 
 

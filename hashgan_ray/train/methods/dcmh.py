@@ -7,7 +7,7 @@ with θ_ij = ½ F_i·G_j, F and G the real-valued outputs of the image and text
 networks (n_train x bits), S_ij = "pairs i and j share a label", and the codes
 of the training set B ∈ {-1, +1} updated in closed form, B = sign(γ (F + G)).
 
-Choices (README, "Methods"):
+Choices (docs/methods.md):
 
 * F and G are the pre-activations of the model's hashing layers
   (`image_code`, `text_code` of FeatureHashing). The servable model encodes with

@@ -1,7 +1,7 @@
 """SCH-GAN: semi-supervised cross-modal hashing by a GAN (papers/schgan-abstract.txt).
 
 Only the abstract is available; every formula below is this project's reading
-of it (README, "Methods", SCH-GAN).
+of it (docs/methods.md, SCH-GAN).
 
 The training split has a labelled part and a larger unlabelled part
 (`labeled_fraction`); each batch carries a bool `labeled` column (missing:
@@ -17,7 +17,7 @@ other that needs no label. So every row is a query, and the unlabelled pairs
 teach through their pairing as well as through the selection. (Measured on
 synthetic data at 10% labels, in-process, 184 steps: with positives from the
 labelled rows only the MAP stayed at chance, 0.17/0.18; with the pairs added
-it reached 0.20/0.20. README, "Methods".) A query's own counterpart is never
+it reached 0.20/0.20. docs/methods.md.) A query's own counterpart is never
 in its pool.
 
 **Discriminative model** (the servable `FeatureHashing`, attention off): relaxed
