@@ -23,8 +23,6 @@ from ray.data import ExecutionOptions
 from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
                        RunConfig, ScalingConfig, UserCallback)
 from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.callbacks.placement_group_callback import (
-    PlacementGroupCleanerCallback)
 
 from hashgan_ray.config import ORACLE, TrainConfig
 from hashgan_ray.data.format import DatasetMeta, read_meta, read_pairs
@@ -37,6 +35,13 @@ from hashgan_ray.model.backbones import pretrained_path
 from hashgan_ray.model.checkpoint import TRAIN_STATE, WEIGHTS, export_model, write_model_files
 from hashgan_ray.output import ray_log_level
 from hashgan_ray.train.methods import build_model, build_trainer, no_all_reduce, trainer_class
+
+try:    # Ray Train's internal class (Ray 2.60): if a later Ray moves it, training still
+        # runs and only the cleaner's log lines come back (_Trainer below)
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback)
+except ImportError:
+    PlacementGroupCleanerCallback = None
 
 log = logging.getLogger("hashgan_ray.train")
 RAY_RUN_NAME = "train"          # RUN_DIR/train/ holds Ray Train's checkpoints
@@ -263,7 +268,7 @@ class _Trainer(TorchTrainer):
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
-        if state_api_reachable():
+        if PlacementGroupCleanerCallback is None or state_api_reachable():
             return callbacks
         return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
 
