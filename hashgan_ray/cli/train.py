@@ -120,14 +120,16 @@ def train_config(args, required_options=("data", "out")):
 
 def cmd_train(args) -> None:
     cfg = train_config(args)
-    training_fits(cfg, dataset(cfg.data), cfg.data)             # before Ray starts
+    meta = dataset(cfg.data)
+    training_fits(cfg, meta, cfg.data)                          # before Ray starts
     # Ray Data reads and decodes beside the training workers: leave it a CPU.
     num_cpus = args.num_cpus or max(os.cpu_count() or 1, int(cfg.workers * cfg.cpus_per_worker) + 1)
     connect_ray(args.address, num_cpus)
     from hashgan_ray.output import epoch_line
     from hashgan_ray.train.loop import fit
 
-    result = fit(cfg, on_epoch=lambda metrics: print(epoch_line(metrics, cfg.epochs), flush=True))
+    result = fit(cfg, meta=meta,
+                 on_epoch=lambda metrics: print(epoch_line(metrics, cfg.epochs), flush=True))
     m = result.metrics or {}
     print(f"trained {cfg.epochs} epochs: MAP i->t {m.get('map_i2t', float('nan')):.4f} "
           f"t->i {m.get('map_t2i', float('nan')):.4f}; model exported to "
