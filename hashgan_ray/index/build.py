@@ -48,11 +48,15 @@ def check_dataset(checkpoint, data_dir) -> dict:
     return config
 
 
+def spec_row_bytes(spec: BatchSpec) -> int:
+    """Bytes of one decoded row: uint8 image, float32 word counts and labels."""
+    return 3 * spec.image_size ** 2 + 4 * (spec.vocab_size + spec.num_labels)
+
+
 def object_store_budget(spec: BatchSpec, batch_size: int, actors: int) -> int:
     """Bytes of object store the encode job may fill: 8 decoded batches per
-    encoder actor (uint8 images, float32 word counts and labels), at least 256 MiB."""
-    row = 3 * spec.image_size ** 2 + 4 * (spec.vocab_size + spec.num_labels)
-    return max(256 << 20, 8 * actors * batch_size * row)
+    encoder actor, at least 256 MiB."""
+    return max(256 << 20, 8 * actors * batch_size * spec_row_bytes(spec))
 
 
 def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256,
@@ -60,14 +64,14 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
     """Ray Dataset of {id, image_code, text_code} batches for `split` (None: all
     rows), in storage order.
 
-    Decoding runs in Ray Data tasks ahead of the encoder actors (Ray 2.60 does
-    not fuse them: the execution plan shows TaskPoolMapOperator[decode_batch]
-    -> ActorPoolMapOperator[CodeEncoder]); the decoded batches between them are
-    held to `object_store_budget`. On GPUs (`gpus_per_actor` None: 1 when the cluster has GPUs) there is one
+    Reading and decoding run in Ray Data tasks ahead of the encoder actors (the
+    execution plan shows ReadFilesParquetV2 -> MapBatches(decode_batch) ->
+    MapBatches(CodeEncoder), the last an actor pool); the decoded batches between
+    them are held to `object_store_budget`. On GPUs (`gpus_per_actor` None: 1 when the cluster has GPUs) there is one
     actor per GPU. On CPUs there is one single-threaded actor per CPU (`actors`
-    None), and together they reserve all CPUs but one per node: Ray Data's read
-    tasks need a whole CPU each and would otherwise wait for the actors forever
-    (with one CPU per node left over, some node has a whole one free)."""
+    None), and together they reserve all CPUs but one per node: that one runs a
+    read task and a decode task (1 CPU together, see read_split), which would
+    otherwise wait for the actors forever."""
     config = check_dataset(checkpoint, data_dir)
     meta = read_meta(data_dir)
     spec = BatchSpec.from_meta(meta, config["model"]["image_size"])
@@ -85,10 +89,17 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
         actors = min(actors or cpus, batches)
         nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
         cpus_per_actor, threads = max(0, cpus - max(nodes, 1)) / actors, 1
-    ds = read_split(data_dir, split, spec=spec, rows_per_block=batch_size)
+    # A read task and a decode task fit in the one CPU the actors leave (see
+    # read_split). No repartition between them: it ran ahead through the whole
+    # split, 166 MiB of undecoded rows in the object store at NUS-WIDE's size,
+    # holding a CPU of its own.
+    ds = read_split(data_dir, split, spec=spec, task_cpus=1.0)
     # Database order = storage order, so that ties rank as in `hashgan-ray eval`.
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False           # the caller shows one bar
+    # Blocks of about one encoder batch, not Ray Data's 128 MiB: the encoders start
+    # on the first ones, and the budget below counts in batches.
+    ds.context.target_max_block_size = batch_size * spec_row_bytes(spec)
     # Decoded batches wait in the object store for the encoders. Unbounded, Ray Data
     # lets decoding run ahead up to its share of the store: 337 MiB of /dev/shm at
     # 12k pairs, growing with the database (benchmarks/scale.py). A few batches per
