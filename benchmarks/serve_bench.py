@@ -390,14 +390,22 @@ def check_brute_force(url: str, path: str, bodies: list[dict], expected: list[li
 
 
 def brute_force(model, index_dir: Path, bodies: list[dict]) -> list[list[dict]]:
-    """Each query's top k by brute-force Hamming distance, ties by database order."""
+    """Each query's top k by brute-force Hamming distance, ties by database order.
+    The query codes come from the model's dense bag-of-words path
+    (`encode_text`), not from the service's word-list encoder, so the check
+    covers that encoder too."""
+    import torch
+
+    from hashgan_ray.data.loading import bag_of_indices
     from hashgan_ray.evaluation.metrics import hamming_distances
     from hashgan_ray.index.store import read_codes
-    from hashgan_ray.model.hashgan import WordListEncoder, pack_codes
+    from hashgan_ray.model.hashgan import pack_codes
     from hashgan_ray.serving.query import Vocabulary
 
     codes, vocab = read_codes(index_dir), Vocabulary([f"tag{i}" for i in range(VOCAB)])
-    queries = pack_codes(WordListEncoder(model)([vocab.lookup(b["text"])[0] for b in bodies]))
+    bags = bag_of_indices([vocab.lookup(b["text"])[0] for b in bodies], VOCAB)
+    with torch.no_grad():
+        queries = pack_codes(model.eval().encode_text(torch.as_tensor(bags)))
     out = []
     for q, b in zip(hamming_distances(queries, codes.image), bodies):
         top = np.argsort(q, kind="stable")[:b["k"]]
