@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 
 def cpu_ms(fn, repeats: int) -> float:
@@ -48,12 +47,8 @@ def main() -> None:
     encoder = WordListEncoder(model)
 
     @torch.no_grad()
-    def with_linear(words):                 # the same bag, then nn.Linear layers
-        lengths = [len(w) for w in words]
-        ids = torch.as_tensor(np.concatenate(words).astype(np.int64))
-        offsets = torch.as_tensor(np.cumsum([0] + lengths[:-1]), dtype=torch.int64)
-        x = F.embedding_bag(ids, encoder.rows, offsets, mode="sum") + encoder.bias
-        return model.hash_text_feats(model.net.text_net[1:](x))
+    def with_linear(words):                 # the same bag, then the model's nn.Linear layers
+        return model.hash_text_feats(model.net.text_net[1:](encoder.bag(words)))
 
     rng = np.random.default_rng(1)
     print(f"text encoder, 1 torch thread, CPU ms per batch (best of 3 x {args.repeats})")

@@ -34,6 +34,11 @@ class BatchSpec:
     def columns(self) -> list[str]:
         return ["id", self.image_column, "text", "labels"]
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one decoded row: uint8 image, float32 word counts and labels."""
+        return 3 * self.image_size ** 2 + 4 * (self.vocab_size + self.num_labels)
+
 
 def bag_of_indices(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
     """(n, width) float32 counts: row i counts each index in rows[i].

@@ -48,15 +48,10 @@ def check_dataset(checkpoint, data_dir) -> dict:
     return config
 
 
-def spec_row_bytes(spec: BatchSpec) -> int:
-    """Bytes of one decoded row: uint8 image, float32 word counts and labels."""
-    return 3 * spec.image_size ** 2 + 4 * (spec.vocab_size + spec.num_labels)
-
-
 def object_store_budget(spec: BatchSpec, batch_size: int, actors: int) -> int:
     """Bytes of object store the encode job may fill: 8 decoded batches per
     encoder actor, at least 256 MiB."""
-    return max(256 << 20, 8 * actors * batch_size * spec_row_bytes(spec))
+    return max(256 << 20, 8 * actors * batch_size * spec.row_bytes)
 
 
 def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256,
@@ -99,7 +94,7 @@ def encode_job(checkpoint, data_dir, split: str | None, *, batch_size: int = 256
     ds.context.enable_progress_bars = False           # the caller shows one bar
     # Blocks of about one encoder batch, not Ray Data's 128 MiB: the encoders start
     # on the first ones, and the budget below counts in batches.
-    ds.context.target_max_block_size = batch_size * spec_row_bytes(spec)
+    ds.context.target_max_block_size = batch_size * spec.row_bytes
     # Decoded batches wait in the object store for the encoders. Unbounded, Ray Data
     # lets decoding run ahead up to its share of the store: 337 MiB of /dev/shm at
     # 12k pairs, growing with the database (benchmarks/scale.py). A few batches per
