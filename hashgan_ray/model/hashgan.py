@@ -137,8 +137,8 @@ class WordListEncoder:
     copies of their weights (x @ W^T as `addmm` with W^T stored row-major): for
     batches of 4-16 queries the encoder takes a median 0.57-0.63x the CPU of
     `nn.Linear`'s (out, in) layout (benchmarks/text_encoder_bench.py; single
-    runs vary). Same result up to float
-    rounding. Holds the transposed copies of every text layer, made once.
+    runs vary). Same result up to float rounding. Holds the transposed copies
+    of every text layer, made once.
     """
 
     def __init__(self, model: HashGAN):
