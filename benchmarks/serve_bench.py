@@ -414,12 +414,14 @@ def brute_force(model, index_dir: Path, bodies: list[dict]) -> list[list[dict]]:
 
 
 def serve_cpu_s(app: str) -> dict[str, float]:
-    """CPU seconds used so far by this run's HTTP proxy and by `app`'s replicas
-    (Ray names their processes ray::ProxyActor, ray::ServeReplica:APP:...): among
-    this process's descendants, since another Ray may run on the machine."""
+    """CPU seconds used so far by this run's HTTP proxy, by `app`'s replicas
+    (Ray names their processes ray::ProxyActor, ray::ServeReplica:APP:...) and,
+    within them, by the threads that run the model and FAISS (named
+    SEARCH_THREAD; Linux only): among this process's descendants, since
+    another Ray may run on the machine."""
     import psutil
 
-    out = {"proxy": 0.0, "replicas": 0.0}
+    out = {"proxy": 0.0, "replicas": 0.0, "search_thread": 0.0}
     for proc in psutil.Process().children(recursive=True):
         try:
             title = (proc.cmdline() or [""])[0]
@@ -431,9 +433,26 @@ def serve_cpu_s(app: str) -> dict[str, float]:
             try:
                 times = proc.cpu_times()
                 out[kind] += times.user + times.system
+                if kind == "replicas":
+                    out["search_thread"] += search_thread_cpu_s(proc)
             except psutil.Error:
                 pass
     return out
+
+
+def search_thread_cpu_s(proc) -> float:
+    """CPU seconds of `proc`'s threads named SEARCH_THREAD (0 where /proc has none)."""
+    from hashgan_ray.serving.app import SEARCH_THREAD
+
+    total = 0.0
+    for thread in proc.threads():
+        try:
+            name = Path(f"/proc/{proc.pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:
+            continue
+        if name == SEARCH_THREAD:
+            total += thread.user_time + thread.system_time
+    return total
 
 
 def measured_load(url: str, app: str, path: str, bodies_file: Path, connections: int,
@@ -578,6 +597,9 @@ def main() -> None:
             print("  CPU ms per request (proxy + replicas), no-op vs search: " + ", ".join(
                 f"{c} conn {noop[c]['proxy_cpu_ms']:.1f} + {noop[c]['replicas_cpu_ms']:.1f} vs "
                 f"{rows[c]['proxy_cpu_ms']:.1f} + {rows[c]['replicas_cpu_ms']:.1f}" for c in rows))
+            if any(r["search_thread_cpu_ms"] for r in rows.values()):
+                print("    of which the replica's search thread (model + FAISS): " + ", ".join(
+                    f"{c} conn {r['search_thread_cpu_ms']:.2f}" for c, r in rows.items()))
             print(f"  goals: {goals(rows, noop)}")
             print("  vs the plain uvicorn app: " + ", ".join(
                 f"{c} conn QPS {rows[c]['qps'] / plain[c]['qps']:.2f}x p50 "

@@ -23,14 +23,17 @@ target, so the encoder and FAISS see matrices rather than single queries.
 """
 
 import asyncio
+import ctypes
 import functools
 import hmac
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -61,6 +64,7 @@ INGRESS_ONGOING, BACKEND_ONGOING = 256, 64
 # batch after a fixed wait and queues it behind the running one: short waits
 # made batches of 1-2 at 8 connections, long ones delayed every query.)
 MAX_BATCH = 64
+SEARCH_THREAD = "hashgan-search"  # its name in top -H, py-spy and /proc/PID/task/*/comm
 THUMBNAILS_CACHED = 1024        # (id, size) -> JPEG bytes kept per ingress replica
 PAGE_FILES = {"index.html": "text/html; charset=utf-8", "search.js": "text/javascript",
               "search.css": "text/css"}
@@ -125,8 +129,16 @@ def by_target(queries: list[Query]):
             yield target, rows, max(queries[i].k for i in rows)
 
 
+def name_os_thread(name: str) -> None:
+    """Give the calling thread `name` (15 bytes at most) where the OS shows it
+    (Linux: top -H, ps -L, /proc); Python 3.11 names only its own object."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(15, name.encode()[:15])               # 15: PR_SET_NAME
+
+
 class LocalSearch:
-    """Layout `ingress`: the encoder and every shard in the ingress replica."""
+    """Layout `ingress`: the encoder and every shard in the ingress replica,
+    run by `thread`, one thread of the replica's own (named SEARCH_THREAD)."""
 
     def __init__(self, checkpoint: str, index: str, bits: int, checkpoint_fingerprint: str):
         import faiss
@@ -136,6 +148,17 @@ class LocalSearch:
         self.faiss, self.threads = faiss, replica_threads()
         self.encoder = Encoder(checkpoint, self.threads)
         self.index = HashIndex(index, bits=bits, checkpoint_fingerprint=checkpoint_fingerprint)
+        self.thread = ThreadPoolExecutor(1, SEARCH_THREAD, initializer=self._start_thread)
+
+    def _start_thread(self) -> None:
+        name_os_thread(SEARCH_THREAD)
+        # OpenMP's thread count is per calling thread: without this FAISS would
+        # get one OpenMP thread per core in this one.
+        self.faiss.omp_set_num_threads(self.threads)
+
+    async def run(self, fn, *args):
+        """fn(*args) in the search thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
 
     def encode(self, queries: list[Query]) -> np.ndarray:
         """Packed codes (n, bits/8) of the queries, one encoder call per modality."""
@@ -148,9 +171,6 @@ class LocalSearch:
         return codes
 
     def __call__(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
-        # OpenMP's thread count is per calling thread and this runs in a worker
-        # thread, where FAISS would otherwise get one OpenMP thread per core.
-        self.faiss.omp_set_num_threads(self.threads)
         codes = self.encode(queries)
         found: list = [None] * len(queries)
         for target, rows, k in by_target(queries):
@@ -421,7 +441,7 @@ class SearchAPI:
     async def _encode_json(self, request: Request):
         query = await self._parse(await self._json(request), search=False)
         if self.local is not None:
-            code = (await asyncio.to_thread(self.local.encode, [query]))[0]
+            code = (await self.local.run(self.local.encode, [query]))[0]
         else:
             code = (await self.remote.encode([query]))[0]
         return {"code": code.tobytes().hex(), "bits": self.bits, "modality": query.modality,
@@ -514,7 +534,7 @@ class SearchAPI:
 
     async def _search(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
         if self.local is not None:                    # torch and FAISS release the GIL
-            return await asyncio.to_thread(self.local, queries)
+            return await self.local.run(self.local, queries)
         return await self.remote(queries)
 
 

@@ -2,6 +2,7 @@
 import base64
 import io
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -149,6 +150,22 @@ def test_concurrent_mixed_queries_are_batched_correctly(service, queries):
                                  bodies))
     assert together == one_by_one
     assert [len(r) for r in together[::2]] == [3 + i for i in range(len(queries))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names come from /proc")
+def test_the_ingress_replica_searches_in_one_named_thread(one_shard, linked_data):
+    """The model and FAISS run in the replica's own thread, named SEARCH_THREAD for
+    top -H and py-spy; serve_bench.py reads its CPU by that name."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from serve_bench import serve_cpu_s
+
+    before = serve_cpu_s("one")
+    q = pairs_as_sent(linked_data)[0]
+    for _ in range(20):
+        assert one_shard.post("/v1/search", json={"text": q["words"], "k": 5}).status_code == 200
+    after = serve_cpu_s("one")
+    search = after["search_thread"] - before["search_thread"]
+    assert 0 < search <= after["replicas"] - before["replicas"]
 
 
 def dataset_items(data_dir, split="database") -> dict[int, dict]:
