@@ -120,7 +120,6 @@ def test_the_encode_job_bounds_what_waits_in_the_object_store(local_ray, synth_d
     assert ids.tolist() == read_pairs(synth_data, "database", columns=["id"]).column("id").to_pylist()
 
 
-
 def test_the_encode_jobs_read_and_decode_tasks_fit_in_one_cpu(local_ray, synth_data, tiny_model):
     """The encoders leave one CPU per node. A read task that waits for room
     downstream keeps its CPU, so with 1 CPU each for reading and decoding, such a
