@@ -75,6 +75,14 @@ def _dcmh_mat(args):
                    label_names=args.label_names, **_split_options(args))
 
 
+def _emoji(args):
+    from hashgan_ray.data.convert.emoji import convert
+    return convert(args.out, font=args.font, annotations=args.annotations, derived=args.derived,
+                   emoji_test=args.emoji_test, label_by=args.label_by,
+                   skin_tones=args.skin_tones, min_word_count=args.min_word_count,
+                   **_split_options(args))
+
+
 def _add_convert_options(parser, *, query: int | None, train: int | None,
                          image_size: int | None = 224, link_images: bool = True) -> None:
     """Options every `data convert` subcommand has; defaults are the DCMH split sizes."""
@@ -98,10 +106,42 @@ def _add_convert_options(parser, *, query: int | None, train: int | None,
 
 
 def _add_converters(convert) -> None:
+    from hashgan_ray.data.convert import emoji as emoji_source
     from hashgan_ray.data.convert.iapr import DEFAULT_MIN_WORD_COUNT
     from hashgan_ray.data.splits import PROTOCOL_SIZES
 
     formats = convert.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    emoji = add_command(
+        formats, "emoji", summary="Unicode's emoji from Debian's packages: the real default",
+        description="Writes Unicode's emoji as a dataset: each fully-qualified emoji drawn in "
+                    "colour from Noto Color Emoji (fonts-noto-color-emoji), its text the words "
+                    "of its CLDR English keywords and name (unicode-cldr-core), its label its "
+                    "Unicode subgroup (unicode-data, emoji-test.txt). Skin-tone variants and "
+                    "the Component group are left out. docs/data.md gives the protocol.",
+        examples=["hashgan-ray data convert emoji --out data/emoji",
+                  "hashgan-ray data convert emoji --out data/emoji-groups --label-by group"])
+    emoji.add_argument("--font", type=Path, default=emoji_source.FONT, metavar="FILE",
+                       help=f"Noto Color Emoji (default: {emoji_source.FONT})")
+    emoji.add_argument("--annotations", type=Path, default=emoji_source.ANNOTATIONS,
+                       metavar="FILE", help="CLDR's English annotations "
+                                            f"(default: {emoji_source.ANNOTATIONS})")
+    emoji.add_argument("--derived", type=Path, default=emoji_source.DERIVED, metavar="FILE",
+                       help=f"CLDR's derived English annotations (default: {emoji_source.DERIVED})")
+    emoji.add_argument("--emoji-test", type=Path, default=emoji_source.EMOJI_TEST,
+                       metavar="FILE", help=f"Unicode's emoji-test.txt "
+                                            f"(default: {emoji_source.EMOJI_TEST})")
+    emoji.add_argument("--label-by", choices=emoji_source.LABEL_BY, default="subgroup",
+                       help="the label: the emoji's subgroup (default, about 100) or its group (9)")
+    emoji.add_argument("--skin-tones", action="store_true",
+                       help="keep the skin-tone variants (left out by default: five "
+                            "near-identical pictures of one label inflate MAP)")
+    emoji.add_argument("--min-word-count", type=at_least(1),
+                       default=emoji_source.DEFAULT_MIN_WORD_COUNT, metavar="N",
+                       help="vocabulary = words of at least N emoji (default: 2)")
+    _add_convert_options(emoji, query=emoji_source.N_QUERY, train=emoji_source.N_TRAIN,
+                         image_size=emoji_source.DEFAULT_IMAGE_SIZE, link_images=False)
+    emoji.set_defaults(func=cmd_convert, convert=_emoji)
+
     nuswide = add_command(
         formats, "nuswide", summary="NUS-WIDE, official distribution layout",
         description="Converts the unpacked official NUS-WIDE files (image list, 1,000-tag "

@@ -8,6 +8,9 @@ One row per image-text pair:
     labels  list<int16>    label indices
     split   string         query | train | database   (train pairs are also database)
 
+and, where the source has them, optional string columns (OPTIONAL_COLUMNS): `name`,
+what a person calls the pair ("dog face"), and `emoji`, the emoji it shows.
+
 `DatasetWriter` is the only writer and `read_meta` / `read_pairs` / `iter_pairs`
 the only readers; converters, the synthetic generator and the Ray stages all go
 through them.
@@ -39,6 +42,9 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 PAIRS_DIR = "pairs"
 IMAGE_COLUMNS = ("image", "image_path")
+# Optional string columns, for people rather than training: the items API and
+# the search page show them (serving/items.py); nothing else reads them.
+OPTIONAL_COLUMNS = ("name", "emoji")
 
 
 class DataError(ValueError):
@@ -50,15 +56,19 @@ def data_error(path, line: int | None, message: str) -> DataError:
     return DataError(f"{where}: {message}")
 
 
-def pairs_schema(image_column: str) -> pa.Schema:
+def pairs_schema(image_column: str, optional: Sequence[str] = ()) -> pa.Schema:
     if image_column not in IMAGE_COLUMNS:
         raise ValueError(f"image_column must be one of {IMAGE_COLUMNS}, got {image_column!r}")
+    unknown = sorted(set(optional) - set(OPTIONAL_COLUMNS))
+    if unknown:
+        raise ValueError(f"optional columns must be among {OPTIONAL_COLUMNS}, got {unknown}")
     image_type = pa.binary() if image_column == "image" else pa.string()
     return pa.schema([
         ("id", pa.int64()),
         (image_column, image_type),
         ("text", pa.list_(pa.int32())),
         ("labels", pa.list_(pa.int16())),
+        *[(name, pa.string()) for name in OPTIONAL_COLUMNS if name in optional],
         ("split", pa.string()),
     ])
 
@@ -215,8 +225,9 @@ class DatasetWriter:
     """
 
     def __init__(self, out_dir, vocabulary: Sequence[str], label_names: Sequence[str], *,
-                 image_column: str = "image", rows_per_group: int = 256,
-                 rows_per_file: int = 10_000, overwrite: bool = False):
+                 image_column: str = "image", optional_columns: Sequence[str] = (),
+                 rows_per_group: int = 256, rows_per_file: int = 10_000,
+                 overwrite: bool = False):
         self.out_dir = Path(out_dir).resolve()
         if self.out_dir.exists() and not overwrite:
             raise FileExistsError(f"{self.out_dir} already exists; pass --overwrite to replace it")
@@ -225,7 +236,8 @@ class DatasetWriter:
         if len(self.label_names) > np.iinfo(np.int16).max:
             raise ValueError(f"{len(self.label_names)} labels do not fit the int16 label column")
         self.image_column = image_column
-        self._schema = pairs_schema(image_column)
+        self._schema = pairs_schema(image_column, optional_columns)
+        self.optional_columns = [n for n in OPTIONAL_COLUMNS if n in optional_columns]
         self._staging_schema = self._schema.remove(self._schema.get_field_index("split"))
         self.rows_per_group = rows_per_group
         self.rows_per_file = rows_per_file
@@ -242,10 +254,14 @@ class DatasetWriter:
 
     # -- writing -------------------------------------------------------------
     def add(self, id: int, text: Sequence[int], labels: Sequence[int], *,
-            image: bytes | None = None, image_path: str | None = None) -> None:
+            image: bytes | None = None, image_path: str | None = None, **optional: str) -> None:
+        """One pair; `optional`: a string for each of the writer's optional columns."""
         value = image if self.image_column == "image" else image_path
         if value is None:
             raise ValueError(f"pair {id}: the {self.image_column!r} value is missing")
+        if sorted(optional) != sorted(self.optional_columns):
+            raise ValueError(f"pair {id}: expected the optional columns "
+                             f"{self.optional_columns}, got {sorted(optional)}")
         if id in self._seen:
             raise ValueError(f"duplicate pair id {id}")
         if any(not 0 <= t < len(self.vocabulary) for t in text):
@@ -258,6 +274,8 @@ class DatasetWriter:
         self._buffer[self.image_column].append(value)
         self._buffer["text"].append([int(t) for t in text])
         self._buffer["labels"].append([int(t) for t in labels])
+        for name, text_value in optional.items():
+            self._buffer[name].append(str(text_value))
         if len(self._buffer["id"]) >= self.rows_per_group:
             self._flush()
 

@@ -1,6 +1,8 @@
-"""What every converter shares: the kept/dropped report and the progress bar."""
+"""What every converter shares: the kept/dropped report, the progress bar, reading
+names and 0/1 rows, and the tokenizer of free text (IAPR descriptions, CLDR keywords)."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,3 +131,27 @@ def parse_binary_row(line: str, path: Path, lineno: int, width: int | None) -> l
         out.append(int(v))
     return out
 
+
+# -- words of free text -------------------------------------------------------------
+
+WORD = re.compile(r"[^\W\d_]{2,}")        # two or more letters; \w minus digits and _
+
+# Function words only (articles, pronouns, prepositions, auxiliaries): content
+# words that place things, such as "front", "left" or "background", carry meaning
+# in IAPR descriptions and stay. Single letters never reach this list (see WORD).
+STOP_WORDS = frozenset("""
+    about above across after against along among an and another any are around as at
+    be been before behind being below beside between both but by can could did do does
+    during each for from had has have he her here hers him his how if in into is it its
+    itself me more most my near next no nor not of off on onto or other our out over
+    own same she so some such than that the their them then there these they this those
+    through to too under until up upon very was we were what when where which while who
+    whom whose why will with within without would you your
+""".split())
+
+
+def tokenize(text: str) -> list[str]:
+    """Words of a text in order: lowercase runs of two or more letters (Unicode
+    letters, so `café` is one word; digits, punctuation and apostrophes split),
+    minus STOP_WORDS."""
+    return [w for w in WORD.findall(text.lower()) if w not in STOP_WORDS]

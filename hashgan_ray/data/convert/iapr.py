@@ -53,27 +53,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from hashgan_ray.data.convert.common import Report, add_pair_or_drop, progress, read_lines, read_text
+from hashgan_ray.data.convert.common import (Report, add_pair_or_drop, progress, read_lines,
+                                             read_text, tokenize)
 from hashgan_ray.data.format import DatasetMeta, DatasetWriter, data_error
 from hashgan_ray.data.splits import PROTOCOL_SIZES
 
 DEFAULT_MIN_WORD_COUNT = 5
-WORD = re.compile(r"[^\W\d_]{2,}")        # two or more letters; \w minus digits and _
-
-# Function words only (articles, pronouns, prepositions, auxiliaries): content
-# words that place things, such as "front", "left" or "background", carry meaning
-# in IAPR descriptions and stay. Single letters never reach this list (see WORD).
-STOP_WORDS = frozenset("""
-    about above across after against along among an and another any are around as at
-    be been before behind being below beside between both but by can could did do does
-    during each for from had has have he her here hers him his how if in into is it its
-    itself me more most my near next no nor not of off on onto or other our out over
-    own same she so some such than that the their them then there these they this those
-    through to too under until up upon very was we were what when where which while who
-    whom whose why will with within without would you your
-""".split())
-
-
 @dataclass
 class Record:
     """What one .eng file contributes: where its image is and its words."""
@@ -145,11 +130,6 @@ def write_pairs(writer: DatasetWriter, report: Report, records: list[Record],
 
 
 # -- annotation records ------------------------------------------------------------
-
-def tokenize(description: str) -> list[str]:
-    """Words of a description in order, stop words removed (see module docstring)."""
-    return [w for w in WORD.findall(description.lower()) if w not in STOP_WORDS]
-
 
 def element(text: str, tag: str) -> tuple[str, int] | None:
     """Text of the first <tag> element and the line it starts on, or None.
