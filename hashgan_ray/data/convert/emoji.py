@@ -39,13 +39,14 @@ Decisions:
   the emoji in the optional `name` and `emoji` columns (data/format.py).
 * Picture: the glyph drawn in colour by Pillow at the font's one bitmap size
   (109 px; CBDT fonts have no other), cropped to what it drew, centred on a
-  white square with a margin of 1/16 of the side, resized to `image_size`
-  (default 64) with Lanczos, stored as lossless PNG. Sequences (flags, ZWJ
+  white square 17/16 of its longer side (a margin of 1/32 each side), resized
+  to `image_size` (default 64) with Lanczos, stored as lossless PNG. Sequences (flags, ZWJ
   families) need Pillow's complex text layout (libraqm); without it they
   draw as several glyphs and are dropped as "no glyph in the font", and the
   report says why.
-* Split: 200 query / 1,000 train by default, the rest database (about 1,870
-  pairs with the defaults), drawn with `seed` as for every converter.
+* Split: 200 query / 1,000 train by default, the rest database (1,774 pairs
+  kept with the defaults from Debian 12's packages), drawn with `seed` as for
+  every converter.
 * Malformed input is an error naming file and line: a data line of
   emoji-test.txt without `;` status `#` emoji, an unknown status, a code point
   that is not hex, an emoji before any group or subgroup line, the emoji
@@ -84,7 +85,8 @@ GLYPH_WIDTH = 136                    # one glyph at that size (pixels)
 SKIN_TONES = range(0x1F3FB, 0x1F400)
 STATUSES = ("component", "fully-qualified", "minimally-qualified", "unqualified")
 # 1F600   ; fully-qualified     # 😀 E1.0 grinning face
-TEST_LINE = re.compile(r"^([0-9A-Fa-f ]+?)\s*;\s*([a-z-]+)\s*#\s*(\S+)\s+E\d+\.\d+\s+(.+?)\s*$")
+TEST_LINE = re.compile(r"^([^;#]+?)\s*;\s*([a-z-]+)\s*#\s*(\S+)\s+E\d+\.\d+\s+(.+?)\s*$")
+CODE_POINT = re.compile(r"[0-9A-Fa-f]{1,6}")
 
 
 @dataclass
@@ -125,10 +127,7 @@ def read_emoji_test(path: Path) -> list[Emoji]:
         points, status, chars, name = m.groups()
         if status not in STATUSES:
             raise data_error(path, lineno, f"unknown status {status!r}")
-        try:
-            decoded = "".join(chr(int(p, 16)) for p in points.split())
-        except ValueError:
-            raise data_error(path, lineno, f"code points {points!r} are not hexadecimal") from None
+        decoded = decode_code_points(points.split(), path, lineno)
         if decoded != chars:
             raise data_error(path, lineno, f"the emoji after '#' is not {points!r}")
         if group is None or subgroup is None:
@@ -138,6 +137,16 @@ def read_emoji_test(path: Path) -> list[Emoji]:
     if not out:
         raise data_error(path, None, "no fully-qualified emoji")
     return out
+
+
+def decode_code_points(points: list[str], path: Path, lineno: int) -> str:
+    """"1F408 200D 2B1B".split() -> the string; a point that is not hexadecimal up
+    to 10FFFF is an error naming file and line."""
+    for p in points:
+        if not CODE_POINT.fullmatch(p) or int(p, 16) > 0x10FFFF:
+            raise data_error(path, lineno, f"code point {p!r} is not hexadecimal "
+                                           "(0 to 10FFFF)")
+    return "".join(chr(int(p, 16)) for p in points)
 
 
 def read_annotations(path: Path, source: str) -> dict[str, tuple[list[str], str | None]]:
@@ -170,7 +179,9 @@ class GlyphRenderer:
         if not font_path.is_file():
             raise missing_package(font_path, "font")
         try:
-            self.font = ImageFont.truetype(str(font_path), FONT_SIZE)
+            # FreeTypeFont, not truetype(): on a load error truetype() looks for a font of
+            # the same file name in the system's font folders and would use that instead.
+            self.font = ImageFont.FreeTypeFont(str(font_path), FONT_SIZE)
         except OSError as e:
             raise data_error(font_path, None, f"not a font Pillow can draw at {FONT_SIZE} px "
                                               f"({e})") from None
@@ -233,6 +244,9 @@ def convert(out, *, font=FONT, annotations=ANNOTATIONS, derived=DERIVED, emoji_t
             drawn.append((e, words, name, encode_png(pixels, level=9)))
     counts = Counter(w for _, words, _, _ in drawn for w in words)
     vocabulary = sorted(w for w, c in counts.items() if c >= min_word_count)
+    if not vocabulary:
+        raise data_error(annotations, None, f"no word is in the annotations of at least "
+                                            f"{min_word_count} emoji; lower --min-word-count")
     word_index = {w: i for i, w in enumerate(vocabulary)}
     kept = [(e, [word_index[w] for w in words if w in word_index], name, png)
             for e, words, name, png in drawn]
