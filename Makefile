@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: demo test venv clean report wheel-test scale browser
+.PHONY: demo test venv clean report wheel-test scale browser emoji-packages
 
 # constraints.txt: the exact versions tested (pyproject.toml has the ranges).
 $(STAMP): pyproject.toml constraints.txt
@@ -50,11 +50,23 @@ report: $(STAMP)
 # with the dev extra); Playwright's own browser download is never used. Installed here when
 # missing, so `make test` sets up everything its tests need (apt-get update only if needed).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+apt_install = $(SUDO) apt-get install -y --no-install-recommends $(1) \
+	|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(1))
 browser:
-	test -x /usr/bin/chromium || $(SUDO) apt-get install -y --no-install-recommends chromium \
-	    || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+	test -x /usr/bin/chromium || $(call apt_install,chromium)
 
-test: $(STAMP) browser
+# Unicode's emoji, the real dataset (`data convert emoji`): its tests and the demo read
+# these files of three Debian packages, installed here when one is missing.
+EMOJI_PACKAGES := fonts-noto-color-emoji unicode-cldr-core unicode-data
+EMOJI_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf \
+	/usr/share/unicode/cldr/common/annotations/en.xml \
+	/usr/share/unicode/cldr/common/annotationsDerived/en.xml \
+	/usr/share/unicode/emoji/emoji-test.txt
+HAVE_EMOJI = $(foreach f,$(EMOJI_FILES),test -f $(f) &&) true
+emoji-packages:
+	$(HAVE_EMOJI) || $(call apt_install,$(EMOJI_PACKAGES))
+
+test: $(STAMP) browser emoji-packages
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The wheel in a fresh venv under /tmp, used from outside the checkout (.ci/wheel_test.sh:
