@@ -462,8 +462,10 @@ class SearchAPI:
                 "unknown_words": query.unknown_words}
 
     def _item(self, i: int, root: str) -> dict:
+        """The item's JSON; `name` and `emoji` only where its dataset has them."""
         item = self.items.get(i)
-        return {"id": i, "labels": item.labels, "words": item.words,
+        named = {k: v for k in ("name", "emoji") if (v := getattr(item, k)) is not None}
+        return {"id": i, **named, "labels": item.labels, "words": item.words,
                 "image": f"{root}/v1/items/{i}/image"}
 
     def _add_items(self, results: list[dict], include: tuple[str, ...], root: str) -> None:

@@ -1,5 +1,5 @@
-"""What a search result is: its labels, words and image, read from the datasets
-an index was built from. Plain pyarrow + Pillow: no Ray, no web framework.
+"""What a search result is: its labels, words and image (and its name and emoji
+where the dataset has them), read from the datasets an index was built from. Plain pyarrow + Pillow: no Ray, no web framework.
 
 In memory only the map id -> row, 12 bytes per item (sorted ids int64 + the row
 int32); the rest stays in the datasets' Parquet files and is read one row group
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from hashgan_ray.data.format import DataError, pair_files, read_meta
+from hashgan_ray.data.format import OPTIONAL_COLUMNS, DataError, pair_files, read_meta
 from hashgan_ray.data.splits import rows_of_split
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class Item:
     id: int
     labels: list[str]
     words: list[str]
+    name: str | None = None       # None where the dataset has no such column
+    emoji: str | None = None
 
 
 @dataclass
@@ -48,6 +50,7 @@ class _File:
     parquet: pq.ParquetFile
     group_starts: np.ndarray      # (groups + 1,) first row of each row group, then the count
     dataset: int                  # index into ItemStore.metas
+    optional: list[str]           # the OPTIONAL_COLUMNS it has
 
 
 class ItemStore:
@@ -77,7 +80,9 @@ class ItemStore:
                         pc.is_in(table.column("split"), pa.array(wanted)).to_numpy(False))
                 ids.append(table.column("id").to_numpy()[keep])
                 rows.append(total + np.flatnonzero(keep))
-                self.files.append(_File(parquet, np.cumsum([0] + sizes), len(self.metas) - 1))
+                optional = [c for c in OPTIONAL_COLUMNS if c in parquet.schema_arrow.names]
+                self.files.append(_File(parquet, np.cumsum([0] + sizes), len(self.metas) - 1,
+                                        optional))
                 total += len(table)
                 file_starts.append(total)
                 del table
@@ -110,13 +115,15 @@ class ItemStore:
         g = int(np.searchsorted(starts, row, "right")) - 1
         return f, g, row - int(starts[g])
 
-    def _text_and_labels(self, f: int, g: int) -> pa.Table:
-        """A row group's text and labels, as Arrow (a few bytes per value, unlike lists)."""
+    def _fields(self, f: int, g: int) -> pa.Table:
+        """A row group's text, labels and optional columns, as Arrow (a few bytes per
+        value, unlike lists)."""
         key = (f, g)
         if key in self._groups:
             self._groups.move_to_end(key)
             return self._groups[key]
-        group = self.files[f].parquet.read_row_group(g, columns=["text", "labels"])
+        group = self.files[f].parquet.read_row_group(
+            g, columns=["text", "labels", *self.files[f].optional])
         self._groups[key] = group
         if len(self._groups) > CACHED_GROUPS:
             self._groups.popitem(last=False)
@@ -125,15 +132,16 @@ class ItemStore:
     def get(self, item_id: int) -> Item:
         f, g, r = self._locate(item_id)
         meta = self.metas[self.files[f].dataset]
-        group = self._text_and_labels(f, g)
+        group = self._fields(f, g)
         words = dict.fromkeys(group.column("text")[r].as_py())         # a repeat counts once
         return Item(item_id, [meta.label_names[i] for i in group.column("labels")[r].as_py()],
-                    [meta.vocabulary[i] for i in words])
+                    [meta.vocabulary[i] for i in words],
+                    **{c: group.column(c)[r].as_py() for c in self.files[f].optional})
 
     def word_ids(self, item_id: int) -> list[int]:
         """The item's bag of words as vocabulary ids (a query's `words`)."""
         f, g, r = self._locate(item_id)
-        return self._text_and_labels(f, g).column("text")[r].as_py()
+        return self._fields(f, g).column("text")[r].as_py()
 
     def image_bytes(self, item_id: int) -> bytes:
         """The item's encoded image: stored in the dataset, or the file it links to."""

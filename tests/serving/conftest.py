@@ -1,9 +1,11 @@
 """Fixtures of the serving tests: a dataset whose images are linked files and
-whose names are hostile HTML, with its own model and one-shard index."""
+whose names are hostile HTML, and a few real emoji with their names, each with
+its own model and one-shard index."""
 from collections import Counter
 
 import pytest
 from helpers import write_exact_index, write_tiny_model
+from support.emoji import skip_unless_installed, write_emoji_test
 
 from hashgan_ray.data.format import DatasetWriter, read_meta, read_pairs
 
@@ -54,3 +56,24 @@ def linked_index(linked_data, linked_model, tmp_path_factory):
     """A one-shard exact index of linked_data's database: the `ingress` layout."""
     return write_exact_index(tmp_path_factory.mktemp("linked_index") / "index", linked_model,
                              linked_data)
+
+
+@pytest.fixture(scope="session")
+def emoji_data(tmp_path_factory):
+    """Unicode's emoji from Debian's files, emoji-test.txt cut to 17 lines
+    (tests/support/emoji.py): 12 pairs with `name` and `emoji`, 10 in the database."""
+    from hashgan_ray.data.convert.emoji import convert
+
+    skip_unless_installed()
+    root = tmp_path_factory.mktemp("emoji")
+    convert(root / "data", emoji_test=write_emoji_test(root / "emoji-test.txt"),
+            n_query=2, n_train=4)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def emoji_served(emoji_data, tmp_path_factory):
+    """(model, one-shard index) of emoji_data."""
+    root = tmp_path_factory.mktemp("emoji_served")
+    model = write_tiny_model(root / "model", emoji_data)
+    return model, write_exact_index(root / "index", model, emoji_data)

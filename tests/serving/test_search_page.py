@@ -1,5 +1,6 @@
 """The search page in a real browser: Debian's chromium driven by Playwright,
-against the real Serve application (layout ingress, linked images, a token).
+against the real Serve application (layout ingress, linked images, a token;
+and a few real emoji with their names at /emoji).
 
     .venv/bin/python -m pytest -q tests/serving/test_search_page.py
     HASHGAN_PAGE_SCREENSHOTS=DIR ...    # also saves the page at 1280x800 and 390x844
@@ -39,6 +40,19 @@ def url(local_ray, linked_model, linked_index):
     serve.run(application(linked_model, linked_index, token=TOKEN), name="page", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def emoji_url(url, emoji_served):
+    """A second app on the same Serve, at /emoji: a few real emoji with names."""
+    from ray import serve
+
+    from hashgan_ray.serving.app import application
+
+    serve.run(application(*emoji_served, token=TOKEN,
+                          options={"SearchAPI": {"ray_actor_options": {"num_cpus": 0.5}}}),
+              name="emoji", route_prefix="/emoji")
+    return url + "/emoji/"
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +126,7 @@ def test_words_find_images_with_labels_and_a_click_finds_texts(page, api, linked
     assert hostile["label"] in page.locator("#results .labels li").all_inner_texts()
     assert any(hostile["word"] in t for t in page.locator("#results .words").all_inner_texts())
     assert page.locator("#results img[src='x'], #results b").count() == 0
+    assert page.locator("#results .name:visible").count() == 0          # no names in this data
     assert page.title() == TITLE
     screenshot(page, "search-page-1280.png")
 
@@ -131,6 +146,32 @@ def test_words_find_images_with_labels_and_a_click_finds_texts(page, api, linked
                            arg=f"for the text of item {second}")
     images = api.post("/v1/search", json={"text_of": second, "target": "image", "k": K}).json()
     assert shown_ids(page) == [r["id"] for r in images["results"]]
+
+
+def test_an_emoji_item_has_its_name_and_emoji(api, emoji_url, emoji_data):
+    """The items API on a dataset with the optional columns (the emoji converter's);
+    here beside the page test that shows them, so the suite starts one app for both.
+    The other datasets have none, and their items no such keys (test_serving_app.py)."""
+    assert api.get("/emoji/v1/items/8").json() == {
+        "id": 8, "name": "cat face", "emoji": "🐱", "labels": ["animal-mammal"],
+        "words": ["cat", "face", "pet"], "image": "/emoji/v1/items/8/image"}
+    rows = read_pairs(emoji_data, "database", columns=["id", "name", "emoji"]).to_pylist()
+    found = api.post("/emoji/v1/search", json={"text": "cat", "k": 20,
+                                               "include": ["name", "emoji", "labels"]})
+    assert sorted((r["id"], r["name"], r["emoji"]) for r in found.json()["results"]) == sorted(
+        (r["id"], r["name"], r["emoji"]) for r in rows)                  # all 10, named
+
+
+def test_each_result_shows_its_name(page, emoji_url, api):
+    page.goto(emoji_url)
+    search_words(page, "cat")
+    page.wait_for_function(ALL_LOADED, arg=10)                          # the whole database
+    expected = api.post("/emoji/v1/search", json={"text": "cat", "k": K, "include": ["name"]})
+    names = [r["name"] for r in expected.json()["results"]]
+    assert page.locator("#results .name").all_inner_texts() == names
+    assert "cat face" in names and "flag: United Kingdom" in names
+    assert page.locator("#results img").first.get_attribute("alt") == names[0]
+    screenshot(page, "search-page-emoji-1280.png")
 
 
 def test_an_uploaded_or_dropped_image_finds_texts(page, api, linked_data, tmp_path):

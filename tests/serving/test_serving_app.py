@@ -226,6 +226,10 @@ def test_results_carry_their_items_and_items_can_be_queries(one_shard, linked_da
     only = client.post("/v1/search", json={"text": queries[0]["words"], "k": 5,
                                            "include": ["labels"]}).json()["results"]
     assert [set(x) for x in only] == [{"id", "distance", "labels"}] * 5
+    # a dataset without names: null (the emoji set's names: test_search_page.py)
+    unnamed = client.post("/v1/search", json={"text": queries[0]["words"], "k": 5,
+                                              "include": ["name", "emoji"]}).json()["results"]
+    assert [(x["name"], x["emoji"]) for x in unnamed] == [(None, None)] * 5
     upload = client.post("/v1/search/image", files={"file": ("q.png", queries[0]["image"])},
                          data={"k": "4", "include": "words,labels"}).json()["results"]
     assert [x["words"] for x in upload] == [expected[x["id"]]["words"] for x in upload]

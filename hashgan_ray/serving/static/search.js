@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const INCLUDE = ["labels", "words", "image"];
+const INCLUDE = ["labels", "words", "image", "name"];
 const api = (path) => new URL(path, document.baseURI).toString();
 let shownUrls = [];           // blob: URLs of the thumbnails on screen, freed on the next search
 
@@ -107,10 +107,14 @@ function card(result, target) {
   button.type = "button";
   button.title = target === "image" ? "find texts for this image" : "find images for this text";
   const img = document.createElement("img");
-  img.alt = "item " + result.id;
+  img.alt = result.name || "item " + result.id;
   img.width = 160;
   img.height = 160;
   button.append(img);
+  const name = document.createElement("p");     // what a person calls it ("cat face"), if known
+  name.className = "name";
+  name.textContent = result.name || "";
+  name.hidden = !result.name;
   const distance = document.createElement("span");
   distance.className = "distance";
   distance.textContent = "distance " + result.distance + " · id " + result.id;
@@ -124,7 +128,7 @@ function card(result, target) {
   const words = document.createElement("p");
   words.className = "words";
   words.textContent = (result.words || []).join(" ");
-  li.append(button, distance, labels, words);
+  li.append(button, name, distance, labels, words);
   const thumbnail = result.image ? loadImage(img, result.image) : Promise.resolve(null);
   button.addEventListener("click", async () => {
     if (target === "image") {
