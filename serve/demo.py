@@ -2,6 +2,12 @@
 and one image->text search over HTTP, printed, then a clean stop.
 
     python serve/demo.py --checkpoint demo-out/run/model --index demo-out/index --data demo-out/data
+
+Each search starts from a query pair (never trained on) and prints, for each
+result, its name (on the emoji set: "grinning cat"; else its id) and labels,
+and how many of the top k share a label with the query. On data with names the
+queries are the first query pairs with a word people know (PREFERRED, in that
+order); otherwise the first query pair, for both searches.
 """
 import argparse
 import base64
@@ -31,13 +37,36 @@ def wait_up(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
     sys.exit("the service did not come up in time")
 
 
-def label_sets(ids, table) -> list[set]:
-    by_id = dict(zip(table["id"], table["labels"]))
-    return [set(by_id[x]) for x in ids]
+PREFERRED = ("cat", "dog", "sunset", "tree", "heart", "car")
 
 
-def show(labels: set, names) -> str:
-    return ",".join(names[i] for i in sorted(labels))
+def pick_queries(rows: dict, vocabulary: list[str]) -> tuple[int, int]:
+    """Rows of the text query and of the image query (see the module docstring)."""
+    queries = [i for i, split in enumerate(rows["split"]) if split == "query"]
+    if "name" not in rows:
+        return queries[0], queries[0]
+    picked = []
+    for word in PREFERRED:
+        picked += [i for i in queries if i not in picked
+                   and word in {vocabulary[w] for w in rows["text"][i]}][:1]
+    picked += [i for i in queries if i not in picked]
+    return picked[0], picked[1]
+
+
+def title(item: dict) -> str:
+    """What a person calls an item: its name and emoji, else its id."""
+    if item.get("name"):
+        return f"{item['name']} {item.get('emoji') or ''}".strip()
+    return f"id {item['id']}"
+
+
+def show_search(heading: str, answer: dict, query_labels: set[str]) -> None:
+    results = answer["results"]
+    relevant = [bool(set(r["labels"]) & query_labels) for r in results]
+    print(f"{heading}: {answer['took_ms']:.1f} ms, {sum(relevant)} of the top {len(results)} "
+          f"share a label with the query (+); Hamming distance, result, [labels]")
+    for r, hit in zip(results, relevant):
+        print(f"  {'+' if hit else ' '} {r['distance']:>3}  {title(r)}  [{', '.join(r['labels'])}]")
 
 
 def main() -> None:
@@ -49,9 +78,8 @@ def main() -> None:
     args = parser.parse_args()
 
     meta = read_meta(args.data)
-    rows = read_pairs(args.data, columns=["id", "text", "labels", "image", "split"]).to_pydict()
-    query = rows["split"].index("query")
-    words = [meta.vocabulary[i] for i in rows["text"][query]]
+    rows = read_pairs(args.data).to_pydict()           # a demo-sized dataset: all of it
+    by_text, by_image = pick_queries(rows, meta.vocabulary)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -63,20 +91,18 @@ def main() -> None:
     try:
         wait_up(url, proc)
         print(f"search service up at {url}/v1")
-        t2i = httpx.post(f"{url}/v1/search", json={"text": words, "k": args.k}, timeout=60).json()
-        image = base64.b64encode(rows["image"][query]).decode()
-        i2t = httpx.post(f"{url}/v1/search", json={"image": image, "k": args.k}, timeout=60).json()
-        (query_labels,) = label_sets([rows["id"][query]], rows)
-        print(f"query pair {rows['id'][query]}, labels {show(query_labels, meta.label_names)}")
-        for title, answer in ((f"text -> image  ({' '.join(words)})", t2i),
-                              ("image -> text  (the pair's image)", i2t)):
-            ids = [r["id"] for r in answer["results"]]
-            relevant = [bool(labels & query_labels) for labels in label_sets(ids, rows)]
-            print(f"{title}: {answer['took_ms']:.1f} ms, {sum(relevant)} of the top {len(ids)} "
-                  f"share a label with the query")
-            for r, labels, hit in zip(answer["results"], label_sets(ids, rows), relevant):
-                print(f"  {'+' if hit else ' '} id {r['id']:>6}  distance {r['distance']:>2}  "
-                      f"labels {show(labels, meta.label_names)}")
+        search = {"k": args.k, "include": ["name", "emoji", "labels"]}
+        for row, heading, body in (
+                (by_text, "text -> image", {"text": [meta.vocabulary[w] for w in
+                                                     rows["text"][by_text]]}),
+                (by_image, "image -> text", {"image": base64.b64encode(
+                    rows["image"][by_image]).decode()})):
+            query = {k: rows[k][row] for k in ("id", "name", "emoji") if k in rows}
+            labels = {meta.label_names[i] for i in rows["labels"][row]}
+            what = ("words " + " ".join(body["text"]) if "text" in body else "its picture")
+            print(f"\nquery: {title(query)}, labels {','.join(sorted(labels))}; {what}")
+            answer = httpx.post(f"{url}/v1/search", json={**body, **search}, timeout=60).json()
+            show_search(heading, answer, labels)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
