@@ -19,7 +19,8 @@ TINY = dict(bits=16, text_hidden=32, text_features=16, batch_size=16, lr=1e-3)
 
 def brute_force(out, rows, other, known, labels_batch, labels_all, codes, gamma, eta):
     """J over the batch rows, term by term with Python loops, per pair; the
-    balance term as the batch estimate η (n/b) ‖Σ_batch F_i‖²."""
+    balance term as the batch's unbiased share of η‖F·1‖²:
+    η (Σ_i ‖F_i‖² + (n-1)/(b-1) Σ_{i≠j} F_i·F_j)."""
     b, n = out.shape[0], other.shape[0]
     nll = 0.0
     for i in range(b):
@@ -30,8 +31,9 @@ def brute_force(out, rows, other, known, labels_batch, labels_all, codes, gamma,
             theta = 0.5 * float(out[i] @ other[j])
             nll -= s * theta - math.log(1 + math.exp(theta))
     quant = sum(float((codes[r] - out[i]).pow(2).sum()) for i, r in enumerate(rows.tolist()))
-    column_sum = [sum(float(out[i, k]) for i in range(b)) for k in range(out.shape[1])]
-    balance = (n / b) * sum(c * c for c in column_sum)
+    own = sum(float(out[i] @ out[i]) for i in range(b))
+    pairs = sum(float(out[i] @ out[j]) for i in range(b) for j in range(b) if i != j)
+    balance = own + (n - 1) / (b - 1) * pairs
     return (nll + gamma * quant + eta * balance) / (b * n)
 
 
@@ -52,6 +54,33 @@ def test_loss_equals_the_brute_force_definition():
         assert float(got["total"]) == pytest.approx(want, rel=1e-5)
         assert float(got["total"]) == pytest.approx(
             float(got["nll"] + got["quantization"] + got["balance"]), rel=1e-6)
+
+
+def test_the_batch_balance_term_estimates_dcmhs_term_without_penalising_spread():
+    """Over the batches of an epoch the batch terms add up, on average, to DCMH's
+    η‖F·1‖² (each batch holds b/n of it), whatever the spread of the outputs.
+    The plain estimate (b/n)‖(n/b) Σ_batch F‖² adds η n tr Cov(F) / b: outputs
+    with zero mean and unit spread got a balance term n/b times DCMH's, which
+    drove every output towards 0 (issue 25: DCMH at chance)."""
+    g = torch.Generator().manual_seed(0)
+    n, b, q = 256, 16, 8
+    f = torch.randn(n, q, generator=g)
+    f = f - f.mean(0)                                 # balanced: DCMH's term is Σ‖F_i‖² only
+    full = float(f.sum(0).pow(2).sum())               # η‖F·1‖², η = 1
+    rows = torch.zeros(b, dtype=torch.int64)
+    other, known = torch.zeros(n, q), torch.zeros(n, dtype=torch.bool)
+    sim, codes = torch.zeros(b, n, dtype=torch.bool), torch.zeros(n, q)
+    estimates = []
+    for _ in range(400):                              # 400 random epochs' worth of batches
+        perm = torch.randperm(n, generator=g)
+        epoch = sum(float(dcmh_loss(f[perm[s:s + b]], rows, other, known, sim, codes,
+                                    gamma=0.0)["balance"]) * b * n
+                    for s in range(0, n, b))
+        estimates.append(epoch)
+    spread = float(f.pow(2).sum())                    # Σ‖F_i‖², n tr Cov(F)
+    assert np.mean(estimates) == pytest.approx(full, abs=0.05 * spread)
+    plain = sum(b / n * float(((n / b) * f[s:s + b].sum(0)).pow(2).sum()) for s in range(0, n, b))
+    assert plain > 10 * spread                        # what the old estimate came to (~n/b)
 
 
 def test_codes_are_the_sign_of_f_plus_g():

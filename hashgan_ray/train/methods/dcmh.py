@@ -19,14 +19,23 @@ Choices (docs/methods.md):
   would see few of the pairs; the (batch x n) product is cheap next to the CNN).
   Rows the trainer has not yet seen (their label unknown, their buffer still
   the random start) take no part in the likelihood.
-* The balance term is estimated from the batch: η (n/b) ‖Σ_batch F_i‖², whose
-  gradient for each batch row, 2η (n/b) Σ_batch F, is DCMH's 2η F·1 with the
-  batch standing for the training set. DCMH's own form (the buffered rows plus
-  the fresh batch) lets every batch of an epoch correct against the same stale
-  sum under Adam, and the corrections add up: each bit's mean swung from one
-  sign to the other epoch after epoch (1,200 synthetic pairs, 5 epochs: mean
-  |column mean| of F 0.11 -> 0.29, MAP at chance; with the batch estimate it
-  stays at 0.00-0.01).
+* The balance term η‖F·1‖² = η (Σ_i ‖F_i‖² + Σ_{i≠j} F_i·F_j) is estimated
+  without bias from the batch: its share of the whole (b/n, as for the
+  likelihood) is η (Σ_batch ‖F_i‖² + ((n-1)/(b-1)) Σ_{i≠j in batch} F_i·F_j),
+  whose gradient for a batch row is 2η (F_i + (n-1)/(b-1) Σ_{j≠i} F_j), DCMH's
+  2η F·1 with the rest of the batch standing for the training set. The plain
+  estimate (b/n) η ‖(n/b) Σ_batch F_i‖² (used until issue 25) weighs each row's
+  own ‖F_i‖² n/b times more than DCMH's term does: a penalty on the spread of
+  the outputs (its expectation exceeds DCMH's by η n tr Cov(F) / b). With
+  n/b = 16 that
+  penalty outweighed the likelihood, the text network's ReLUs died, every
+  output shrank towards 0, the NLL rose to ln 2 and MAP stayed near chance
+  (emoji, 1,000 training pairs: text outputs |G| 0.005, 1% of the second text
+  layer's units active; tests/train/test_dcmh.py). DCMH's own form (the
+  buffered rows plus the fresh batch) lets every batch of an epoch correct
+  against the same stale sum under Adam, and the corrections add up: each
+  bit's mean swung from one sign to the other epoch after epoch (1,200
+  synthetic pairs, 5 epochs: mean |column mean| of F 0.11 -> 0.29).
 * DCMH alternates the two networks (a pass of image updates, then of text
   updates). Here each batch makes one image step, then one text step against
   the F rows just refreshed: both networks learn from every batch, and every
@@ -60,17 +69,25 @@ def dcmh_loss(out: torch.Tensor, rows: torch.Tensor, other: torch.Tensor, known:
     out (b, q): this modality's outputs for the training rows `rows` (b,);
     other (n, q): the other modality's buffer; known (n,) bool: its rows that
     hold network outputs; sim (b, n): S between the batch and every row;
-    codes (n, q): B. The balance term is estimated from the batch (module docstring).
+    codes (n, q): B. The balance term is estimated from the batch's pairs of
+    distinct rows (module docstring).
     """
     out = out.float()
     b, n, seen = out.shape[0], other.shape[0], int(known.sum())
     # mean over the (b, seen) pairs -> sum over them / (b n)
     nll = pairwise_nll(out, other[known], sim[:, known]) * (seen / n) if seen else out.sum() * 0
     quantization = gamma * (codes[rows] - out).pow(2).sum()
-    balance = eta * (n / b) * out.sum(0).pow(2).sum()                   # ≈ η‖F·1‖², see above
+    # the batch's share of η‖F·1‖², without bias (module docstring)
+    balance = eta * (out.pow(2).sum() + (n - 1) / max(b - 1, 1) * balance_pairs(out))
     terms = {"nll": nll, "quantization": quantization / (b * n), "balance": balance / (b * n)}
     terms["total"] = terms["nll"] + terms["quantization"] + terms["balance"]
     return terms
+
+
+def balance_pairs(out: torch.Tensor) -> torch.Tensor:
+    """Σ_{i≠j} out_i·out_j over the rows of `out` (b, q): ‖Σ_i out_i‖² without
+    the rows' own ‖out_i‖²."""
+    return out.sum(0).pow(2).sum() - out.pow(2).sum()
 
 
 def update_codes(f: torch.Tensor, g: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
