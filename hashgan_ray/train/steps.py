@@ -124,7 +124,8 @@ class Optimizers:
             s.load_state_dict(s_state)
 
 
-def is_g_step(step: int, d_steps: int, g_steps: int) -> bool:
-    """Steps d_steps .. d_steps+g_steps-1 of every cycle are G steps (4:1 by
-    default). SCH-GAN's schedule: its G steps take the place of D steps."""
-    return g_steps > 0 and step % (d_steps + g_steps) >= d_steps
+def g_steps_after(step: int, d_steps: int, g_steps: int) -> int:
+    """The adversarial schedule of HashGAN and SCH-GAN: how many G steps follow
+    the E/D (discriminator) step on batch `step` (g_steps after every
+    d_steps-th batch, on that batch; else 0)."""
+    return g_steps if (step + 1) % d_steps == 0 else 0

@@ -77,12 +77,13 @@ def build_trainer(cfg, model, *, meta=None, wrap=single_process, all_reduce=no_a
     schedule = LrSchedule(cfg.lr_schedule, cfg.epochs, cfg.lr_decay_every, cfg.lr_decay)
     # β2 = 0.999, Adam's default: the paper gives β1 only (section 4.1)
     common = dict(lr=cfg.lr, betas=(cfg.beta1, 0.999), schedule=schedule, wrap=wrap)
-    adversarial = dict(margin=cfg.margin, mining=cfg.mining, d_steps=cfg.d_steps,
-                       g_steps=cfg.g_steps, gather=gather)
+    # HashGAN's objective and schedule; SCH-GAN's labelled term is that objective
+    adversarial = dict(margin=cfg.margin, mining=cfg.mining, quantization=cfg.quantization,
+                       balance=cfg.balance, d_steps=cfg.d_steps, g_steps=cfg.g_steps,
+                       gather=gather)
     if cfg.method == "hashgan":
         oracle = Oracle(cfg.data, meta) if cfg.attention == ORACLE else None
-        return cls(model, **common, **adversarial, quantization=cfg.quantization,
-                   balance=cfg.balance, oracle=oracle)
+        return cls(model, **common, **adversarial, oracle=oracle)
     if cfg.method == "schgan":
         return cls(model, **common, **adversarial)
     if cfg.method == "dcmh":

@@ -38,6 +38,7 @@ from hashgan_ray.train.steps import (
     autocast,
     build_optimizers,
     frozen,
+    g_steps_after,
     gathered,
     single_process,
 )
@@ -104,12 +105,6 @@ def g_step(model: HashGAN, attention: nn.Module, batch: dict, optimizer: torch.o
             (-adversarial).backward()                           # gradient ascent
     optimizer.step()
     return {"g_adversarial": float(adversarial.detach())}
-
-
-def g_steps_after(step: int, d_steps: int, g_steps: int) -> int:
-    """HashGAN's schedule: how many G steps follow the E/D step on batch `step`
-    (g_steps after every d_steps-th batch, else 0)."""
-    return g_steps if (step + 1) % d_steps == 0 else 0
 
 
 class HashGANTrainer:
