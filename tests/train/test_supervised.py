@@ -46,7 +46,7 @@ def test_supervised_step_trains_the_head_from_text_only(synth_data):
     model.zero_grad(set_to_none=True)
     before = trainer.head.weight.detach().clone()
     stats = trainer.step(0, batch)
-    assert set(stats) == {"text_bce", "image_bce", "balance"} and all(np.isfinite(list(stats.values())))
+    assert set(stats) == {"text_ce", "image_ce", "balance"} and all(np.isfinite(list(stats.values())))
     assert not torch.equal(before, trainer.head.weight)
     # State round-trips (what a checkpoint holds).
     other = build_trainer(cfg, build_model(cfg, read_meta(synth_data)))
