@@ -12,7 +12,7 @@ from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.loop import gather_for
 from hashgan_ray.train.methods.hashgan import ed_step, g_step
-from hashgan_ray.train.methods.schgan import labelled_triplet_loss
+from hashgan_ray.train.methods.schgan import labelled_loss
 from hashgan_ray.train.steps import build_optimizers
 
 OBJECTIVE = dict(margin=1.0, balance=1.0)
@@ -78,26 +78,27 @@ def schgan_worker(rank: int, port: int, path: str) -> None:
     try:
         saved = torch.load(path, weights_only=True)
         half = {k: v.chunk(2)[rank] for k, v in saved.items()}
-        query = half["query"].clone().requires_grad_()
-        loss = labelled_triplet_loss(query, half["candidates"], half, 1.0, "all", gather_for(2))
+        img, txt = half["img"].clone().requires_grad_(), half["txt"].clone().requires_grad_()
+        loss = labelled_loss(img, txt, half, 1.0, "all", 0.0, 1.0, gather_for(2))["full"]
         loss.backward()
         # DDP averages parameter gradients over the 2 ranks: halve to compare rows.
-        torch.save({"loss": loss.detach(), "grad": query.grad / 2}, f"{path}.{rank}")
+        torch.save({"loss": loss.detach(), "img": img.grad / 2, "txt": txt.grad / 2},
+                   f"{path}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_schgan_labelled_triplets_are_mined_over_both_workers(tmp_path):
+def test_schgan_labelled_term_is_mined_over_both_workers(tmp_path):
     gen = torch.Generator().manual_seed(0)
-    batch = {"query": torch.randn(12, 8, generator=gen),
-             "candidates": torch.randn(12, 8, generator=gen),
+    batch = {"img": torch.randn(12, 8, generator=gen).tanh(),
+             "txt": torch.randn(12, 8, generator=gen).tanh(),
              "labels": (torch.rand(12, 5, generator=gen) > 0.6).to(torch.uint8),
              "labeled": torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)}
     path = str(tmp_path / "batch.pt")
     torch.save(batch, path)
 
-    query = batch["query"].clone().requires_grad_()
-    whole = labelled_triplet_loss(query, batch["candidates"], batch, 1.0, "all")
+    img, txt = batch["img"].clone().requires_grad_(), batch["txt"].clone().requires_grad_()
+    whole = labelled_loss(img, txt, batch, 1.0, "all", 0.0, 1.0)["full"]
     whole.backward()
     mp.spawn(schgan_worker, args=(free_port(), path), nprocs=2, join=True)
     ranks = [torch.load(f"{path}.{r}", weights_only=True) for r in range(2)]
@@ -105,4 +106,5 @@ def test_schgan_labelled_triplets_are_mined_over_both_workers(tmp_path):
     assert whole > 0
     for rank, part in enumerate(ranks):
         assert torch.allclose(part["loss"], whole.detach())
-        assert torch.allclose(part["grad"], query.grad.chunk(2)[rank], atol=1e-7)
+        assert torch.allclose(part["img"], img.grad.chunk(2)[rank], atol=1e-7)
+        assert torch.allclose(part["txt"], txt.grad.chunk(2)[rank], atol=1e-7)
