@@ -50,7 +50,8 @@ def test_console_script_and_module_entry_point():
 # -- help that teaches -----------------------------------------------------------------
 
 COMMANDS = [["data"], ["data", "synth"], ["data", "info"], ["data", "convert"],
-            ["data", "convert", "nuswide"], ["data", "convert", "mirflickr"],
+            ["data", "convert", "emoji"], ["data", "convert", "nuswide"],
+            ["data", "convert", "mirflickr"],
             ["data", "convert", "iapr"], ["data", "convert", "dcmh-mat"], ["train"], ["eval"],
             ["index"], ["index", "build"], ["index", "add"], ["serve"], ["tune"],
             ["experiment"], ["experiment", "paper"]]

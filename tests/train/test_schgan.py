@@ -180,7 +180,7 @@ def test_training_steps_raise_in_batch_map(batch, one_thread):
     for step in range(100):         # 100 D steps, 25 G steps
         trainer.step(step, small)
     after = in_batch_map(trainer.model, small)
-    # measured 0.30 -> 0.53 (i->t) and 0.33 -> 0.54 (t->i); deterministic on CPU
+    # measured 0.31 -> 0.62 (i->t) and 0.32 -> 0.67 (t->i); deterministic on CPU
     assert after[0] > before[0] + 0.1 and after[1] > before[1] + 0.1, (before, after)
 
 
@@ -201,7 +201,7 @@ def test_ray_train_two_workers_half_labelled_then_index_serves_the_model(
     assert result.metrics["epoch"] == 1 and result.metrics["replicas_in_sync"] == 1.0
     assert result.metrics["map_i2t"] > 0 and result.metrics["map_t2i"] > 0
     state = torch.load(Path(result.checkpoint.path) / TRAIN_STATE, weights_only=True)["trainer"]
-    assert state["opt_d"]["state"][0]["step"] == 2 and state["opt_g"]["state"][0]["step"] == 1
+    assert state["opt_d"]["state"][0]["step"] == 3 and state["opt_g"]["state"][0]["step"] == 3
 
     model_dir = Path(cfg.out) / "model"
     model, config = load_model(model_dir)
