@@ -17,11 +17,11 @@ Decisions:
   emoji keeps its id whatever the options leave out.
 * The Component group (skin-tone swatches, hair pieces: parts of emoji, not
   pictures of anything) has status `component`, so it never becomes a pair.
-* Left out, each counted in the report: skin-tone variants (a code point U+1F3FB..U+1F3FF), unless `skin_tones`:
-  five near-identical pictures with one label would each find the others and
-  inflate MAP; "no CLDR annotation"; "no vocabulary word"; "no glyph in the
-  font" (the font draws nothing, or more than one glyph's width: a sequence
-  it does not join).
+* Left out, each counted in the report: skin-tone variants (a code point
+  U+1F3FB..U+1F3FF), unless `skin_tones`: five near-identical pictures with
+  one label would each find the others and inflate MAP; "no CLDR
+  annotation"; "no vocabulary word"; "no glyph in the font" (the font draws
+  nothing, or more than one glyph's width: a sequence it does not join).
 * Label: the emoji's subgroup ("animal-mammal"), or its group ("Animals &
   Nature") with `label_by="group"`; one label per pair. `label_names` are in
   the file's order.
@@ -40,8 +40,8 @@ Decisions:
 * Picture: the glyph drawn in colour by Pillow at the font's one bitmap size
   (109 px; CBDT fonts have no other), cropped to what it drew, centred on a
   white square 17/16 of its longer side (a margin of 1/32 each side), resized
-  to `image_size` (default 64) with Lanczos, stored as lossless PNG. Sequences (flags, ZWJ
-  families) need Pillow's complex text layout (libraqm); without it they
+  to `image_size` (default 64) with Lanczos, stored as lossless PNG. Sequences
+  (flags, ZWJ families) need Pillow's complex text layout (libraqm); without it they
   draw as several glyphs and are dropped as "no glyph in the font", and the
   report says why.
 * Split: 200 query / 1,000 train by default, the rest database (1,774 pairs
