@@ -46,6 +46,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from hashgan_ray.data.format import OPTIONAL_COLUMNS
 from hashgan_ray.index.store import TARGETS, check_manifest, merge, open_shard, read_manifest
 from hashgan_ray.serving.items import ItemNotFound, ItemStore, thumbnail
 from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, item_id, load_image,
@@ -464,7 +465,7 @@ class SearchAPI:
     def _item(self, i: int, root: str) -> dict:
         """The item's JSON; `name` and `emoji` only where its dataset has them."""
         item = self.items.get(i)
-        named = {k: v for k in ("name", "emoji") if (v := getattr(item, k)) is not None}
+        named = {k: v for k in OPTIONAL_COLUMNS if (v := getattr(item, k)) is not None}
         return {"id": i, **named, "labels": item.labels, "words": item.words,
                 "image": f"{root}/v1/items/{i}/image"}
 

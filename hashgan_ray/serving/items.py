@@ -1,5 +1,6 @@
 """What a search result is: its labels, words and image (and its name and emoji
-where the dataset has them), read from the datasets an index was built from. Plain pyarrow + Pillow: no Ray, no web framework.
+where the dataset has them), read from the datasets an index was built from.
+Plain pyarrow + Pillow: no Ray, no web framework.
 
 In memory only the map id -> row, 12 bytes per item (sorted ids int64 + the row
 int32); the rest stays in the datasets' Parquet files and is read one row group

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from hashgan_ray.data.format import OPTIONAL_COLUMNS
 from hashgan_ray.data.images import decode_rgb
 from hashgan_ray.serving.items import ItemNotFound
 
 TARGETS = ("image", "text")
-# what a result may carry besides id and distance (name, emoji: null where the
-# dataset has no such column)
-INCLUDE = ("labels", "words", "image", "name", "emoji")
+# what a result may carry besides id and distance (the optional columns, name
+# and emoji: null where the dataset has no such column)
+INCLUDE = ("labels", "words", "image", *OPTIONAL_COLUMNS)
 ITEM_QUERIES = {"image_of": "image", "text_of": "text"}   # a query by an indexed item
 THUMBNAIL_SIZES = (16, 1024)                # allowed longest side of /v1/items/{id}/image
 WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")    # letters/digits, inner ' or -

@@ -27,8 +27,8 @@ def batch(synth_data):
     return out
 
 
-def make_trainer(seed=0, **cfg):
-    cfg = TrainConfig(method="schgan", **{**TINY, **cfg})
+def make_trainer(seed=0, method="schgan", **cfg):
+    cfg = TrainConfig(method=method, **{**TINY, **cfg})
     torch.manual_seed(seed)
     model = HashGAN(bits=cfg.bits, vocab_size=496, text_hidden=cfg.text_hidden,
                     text_features=cfg.text_features, image_attention=False, text_attention=False)
@@ -134,12 +134,7 @@ def test_with_every_label_schgan_steps_exactly_as_hashgan_without_attention(batc
     all_labelled = {**batch, "labeled": torch.ones(32, dtype=torch.bool)}
     cfg = dict(d_steps=2, g_steps=1, balance=1.0, margin=MARGIN)
     schgan = make_trainer(**cfg)
-    hashgan_cfg = TrainConfig(method="hashgan", attention="none", **{**TINY, **cfg})
-    torch.manual_seed(0)
-    model = HashGAN(bits=hashgan_cfg.bits, vocab_size=496, text_hidden=hashgan_cfg.text_hidden,
-                    text_features=hashgan_cfg.text_features, image_attention=False,
-                    text_attention=False)
-    hashgan = build_trainer(hashgan_cfg, model)
+    hashgan = make_trainer(method="hashgan", attention="none", **cfg)
     for m in (schgan.model, hashgan.model):
         m.eval()                # no batch-norm statistics: only the optimisers change weights
     for step in range(4):
