@@ -2,9 +2,16 @@
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 10] [--connections 1 8 32]
                                                [--layouts ingress split] [--scale-codes 10000000]
+                                               [--ingresses python haproxy]
     .venv/bin/python benchmarks/serve_bench.py --items 195834     # only the items store
 
-On a local Ray (`--cpus`, default 2) it deploys, under one Serve instance on 127.0.0.1:
+First the alternative a user would write: one uvicorn process with a FastAPI app
+holding the model and FAISS (a plain `def` endpoint, 1 torch and 1 FAISS
+thread like the service's replica). Then, for each of `--ingresses` in turn, a
+local Ray of its own (`--cpus`, default 2) with Serve behind that ingress
+(hashgan_ray/serving/ingress.py: `python`, Serve's Python proxy actor;
+`haproxy`, Serve's high-throughput mode, the service's default) on 127.0.0.1,
+deploying:
   * the search application (hashgan_ray.serving.app, 1 shard, the paper's text
     network: 1,000-word bag -> 8192 -> 1000 -> 64 bits; untrained weights,
     speed does not depend on them) over an exact index of 193,734 random codes,
@@ -13,20 +20,19 @@ On a local Ray (`--cpus`, default 2) it deploys, under one Serve instance on 127
     shard 0.25),
   * a no-op application: the same FastAPI ingress set-up answering POST
     /v1/search with a constant, without encoder or index (the ceiling of Serve's
-    HTTP path here).
-Before Ray starts, the alternative a user would write: one uvicorn process with
-a FastAPI app holding the model and FAISS (a plain `def` endpoint, 1 torch and
-1 FAISS thread like the service's replica).
+    HTTP path behind that ingress).
 A load generator in a second process (an asyncio HTTP/1.1 client on raw
 keep-alive sockets, little CPU per request) sends the same text queries to
 each at 1, 8 and 32 concurrent connections for `--duration` s (after a 3 s
-warm-up) and reports QPS, p50/p99 latency and errors. Before the load, 50
-queries to each endpoint are checked against the brute-force ranking. In the
-same run: the queries through the model and FAISS in this process. Then the
-flat index at `--scale-codes` codes: memory and per-query latency.
-Goals (issue 16), as ratios to the no-op in the same run: 1 connection p50
-<= 2x; 8 connections QPS >= 0.8x; 32 connections QPS >= 0.9x and p99 <= 1.5x;
-0 errors.
+warm-up) and reports QPS, p50/p99 latency and errors, and the CPU per request
+of the ingress (Serve's proxy actor; HAProxy's own process and its manager
+actor) and of the replicas. Before the load, 50 queries to each endpoint are
+checked against the brute-force ranking. In the same run: the queries through
+the model and FAISS in this process, one at a time and in batches of 32. Then
+the flat index at `--scale-codes` codes: memory and per-query latency.
+Goals (issue 27), judged for each ingress: 8 connections QPS >= 1.2x the plain
+app, 32 connections >= 2.5x; 1 connection p50 <= 1.3x the plain app's; 32
+connections QPS >= 0.4x the in-process batched rate; 0 errors.
 """
 import argparse
 import asyncio
@@ -413,12 +419,16 @@ def brute_force(model, index_dir: Path, bodies: list[dict]) -> list[list[dict]]:
     return out
 
 
+PROXY_PROCESSES = ("ray::ProxyActor", "ray::HAProxyManager")
+
+
 def serve_cpu_s(app: str) -> dict[str, float]:
-    """CPU seconds used so far by this run's HTTP proxy, by `app`'s replicas
-    (Ray names their processes ray::ProxyActor, ray::ServeReplica:APP:...) and,
-    within them, by the threads that run the model and FAISS (named
-    SEARCH_THREAD; Linux only): among this process's descendants, since
-    another Ray may run on the machine."""
+    """CPU seconds used so far by this run's HTTP ingress (Serve's proxy actor;
+    in the high-throughput mode also HAProxy, a process of its own outside Ray's
+    actors, and the actor that manages it), by `app`'s replicas (Ray names their
+    processes ray::ServeReplica:APP:...) and, within them, by the threads that run
+    the model and FAISS (named SEARCH_THREAD; Linux only): among this process's
+    descendants, since another Ray may run on the machine."""
     import psutil
 
     out = {"proxy": 0.0, "replicas": 0.0, "search_thread": 0.0}
@@ -427,7 +437,8 @@ def serve_cpu_s(app: str) -> dict[str, float]:
             title = (proc.cmdline() or [""])[0]
         except psutil.Error:
             continue
-        kind = ("proxy" if title.startswith("ray::ProxyActor") else
+        kind = ("proxy" if title.startswith(PROXY_PROCESSES) or
+                title.endswith("/haproxy") else
                 "replicas" if title.startswith(f"ray::ServeReplica:{app}:") else None)
         if kind:
             try:
@@ -482,21 +493,73 @@ def report(name: str, rows: dict[int, dict], noop: dict[int, dict], wrong: int) 
     print(f"  {name:8s} answers unlike brute force: {wrong} of 50")
 
 
-def goals(rows: dict[int, dict], noop: dict[int, dict]) -> str:
-    """The issue's goals that this run can judge, each with its ratio."""
+def goals(rows: dict[int, dict], plain: dict[int, dict], ref: dict) -> str:
+    """The goals of issue 27 that this run can judge, each with its ratio: the
+    search against the plain one-process app and the in-process batched rate."""
     out = []
-    if 1 in rows:
-        r = rows[1]["p50_ms"] / noop[1]["p50_ms"]
-        out.append(f"1 conn p50 {r:.2f}x (<= 2: {'met' if r <= 2 else 'missed'})")
+
+    def judge(label, ratio, bound, at_least=True):
+        met = ratio >= bound if at_least else ratio <= bound
+        out.append(f"{label} {ratio:.2f}x ({'>=' if at_least else '<='} {bound}: "
+                   f"{'met' if met else 'missed'})")
+
     if 8 in rows:
-        r = rows[8]["qps"] / noop[8]["qps"]
-        out.append(f"8 conn QPS {r:.2f}x (>= 0.8: {'met' if r >= 0.8 else 'missed'})")
+        judge("8 conn QPS vs plain", rows[8]["qps"] / plain[8]["qps"], 1.2)
     if 32 in rows:
-        q, p = rows[32]["qps"] / noop[32]["qps"], rows[32]["p99_ms"] / noop[32]["p99_ms"]
-        out.append(f"32 conn QPS {q:.2f}x (>= 0.9: {'met' if q >= 0.9 else 'missed'}), "
-                   f"p99 {p:.2f}x (<= 1.5: {'met' if p <= 1.5 else 'missed'})")
+        judge("32 conn QPS vs plain", rows[32]["qps"] / plain[32]["qps"], 2.5)
+    if 1 in rows:
+        judge("1 conn p50 vs plain", rows[1]["p50_ms"] / plain[1]["p50_ms"], 1.3, at_least=False)
+    if 32 in rows:
+        judge("32 conn QPS vs in-process batched", rows[32]["qps"] / ref["batched_qps"], 0.4)
     errors = sum(r["errors"] for r in rows.values())
     return "; ".join(out + [f"errors {errors}"])
+
+
+INGRESS_NAMES = {"python": "Serve's Python proxy", "haproxy": "HAProxy (high-throughput mode)"}
+
+
+def measure_serve(ingress: str, args, tmp: Path, bodies: list[dict], bodies_file: Path,
+                  expected: list[list[dict]]) -> dict[str, tuple]:
+    """{layout: (no-op rows, search rows, answers unlike brute force)} on a local
+    Ray of its own started behind `ingress` (serving/ingress.py)."""
+    import ray
+    from ray import serve
+
+    from hashgan_ray.ports import free_port
+    from hashgan_ray.serving.app import application
+    from hashgan_ray.serving.ingress import ingress_environment
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    measured = {}
+    with ingress_environment(ingress):
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+        try:
+            # No access log line per request, in the proxy (serve.start) and in every
+            # replica of every application (serve.run): the same for all.
+            quiet = {"enable_access_log": False, "log_level": "WARNING"}
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
+            serve.run(noop_app(), name="noop", route_prefix="/noop", logging_config=quiet)
+            for layout in args.layouts:
+                serve.run(application(tmp / "model", tmp / "index", layout=layout), name=layout,
+                          route_prefix=f"/{layout}", logging_config=quiet)
+                wrong = check_brute_force(url, f"/{layout}/v1/search", bodies[:50], expected)
+                # the no-op right before the search at each count: both see the same machine
+                noop, rows = {}, {}
+                for c in args.connections:
+                    noop[c] = measured_load(url, "noop", "/noop/v1/search", bodies_file, c,
+                                            args.duration)
+                    rows[c] = measured_load(url, layout, f"/{layout}/v1/search", bodies_file, c,
+                                            args.duration)
+                    print(f"  {ingress:8s} {layout:8s} {c:3d} conn: {rows[c]['qps']:6.0f} q/s",
+                          flush=True)
+                measured[layout] = (noop, rows, wrong)
+                serve.delete(layout)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return measured
 
 
 def main() -> None:
@@ -507,6 +570,9 @@ def main() -> None:
                         choices=["ingress", "split"])
     parser.add_argument("--scale-codes", type=int, default=10_000_000, help="0 skips it")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--ingresses", nargs="+", default=["python", "haproxy"],
+                        choices=["python", "haproxy"],
+                        help="Serve's ingresses to measure, each on a Ray of its own")
     parser.add_argument("--items", type=int, default=0,
                         help="only measure the items store over this many pairs")
     parser.add_argument("--client", help=argparse.SUPPRESS)
@@ -527,12 +593,6 @@ def main() -> None:
         return items_scale(args.items)
     if args.items_load:
         return items_load(args.items_load)
-
-    import ray
-    from ray import serve
-
-    from hashgan_ray.ports import free_port
-    from hashgan_ray.serving.app import application
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -560,53 +620,36 @@ def main() -> None:
             proc.terminate()
             proc.wait()
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
         measured = {}
-        try:
-            # No access log line per request, in the proxy (serve.start) and in every
-            # replica of every application (serve.run): the same for all.
-            quiet = {"enable_access_log": False, "log_level": "WARNING"}
-            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
-            serve.run(noop_app(), name="noop", route_prefix="/noop", logging_config=quiet)
-            for layout in args.layouts:
-                serve.run(application(tmp / "model", tmp / "index", layout=layout), name=layout,
-                          route_prefix=f"/{layout}", logging_config=quiet)
-                wrong = check_brute_force(url, f"/{layout}/v1/search", bodies[:50], expected)
-                # the no-op right before the search at each count: both see the same machine
-                noop, rows = {}, {}
-                for c in args.connections:
-                    noop[c] = measured_load(url, "noop", "/noop/v1/search", bodies_file, c,
-                                            args.duration)
-                    rows[c] = measured_load(url, layout, f"/{layout}/v1/search", bodies_file, c,
-                                            args.duration)
-                measured[layout] = (noop, rows, wrong)
-                serve.delete(layout)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+        for ingress in args.ingresses:
+            measured[ingress] = measure_serve(ingress, args, tmp, bodies, bodies_file, expected)
 
-        for layout, (noop, rows, wrong) in measured.items():
-            print(f"\nsearch, layout {layout}, each count right after the no-op Serve endpoint:")
-            for c, n in noop.items():
-                print(f"  no-op    {c:3d} conn | {n['qps']:6.0f} q/s  p50 {n['p50_ms']:6.1f}  p99 "
-                      f"{n['p99_ms']:6.1f} ms  errors {n['errors']}")
-            report(layout, rows, noop, wrong)
-            print("  CPU ms per request (proxy + replicas), no-op vs search: " + ", ".join(
-                f"{c} conn {noop[c]['proxy_cpu_ms']:.1f} + {noop[c]['replicas_cpu_ms']:.1f} vs "
-                f"{rows[c]['proxy_cpu_ms']:.1f} + {rows[c]['replicas_cpu_ms']:.1f}" for c in rows))
-            if any(r["search_thread_cpu_ms"] for r in rows.values()):
-                print("    of which the replica's search thread (model + FAISS): " + ", ".join(
-                    f"{c} conn {r['search_thread_cpu_ms']:.2f}" for c, r in rows.items()))
-            print(f"  goals: {goals(rows, noop)}")
-            print("  vs the plain uvicorn app: " + ", ".join(
-                f"{c} conn QPS {rows[c]['qps'] / plain[c]['qps']:.2f}x p50 "
-                f"{rows[c]['p50_ms'] / plain[c]['p50_ms']:.2f}x" for c in rows))
-        print("\nplain uvicorn + FastAPI + model + FAISS, one process (before Ray started; "
-              "vs the last no-op measured):")
-        report("plain", plain, noop, plain_wrong)
+        print("\nplain uvicorn + FastAPI + model + FAISS, one process (before Ray started):")
+        for c, r in plain.items():
+            print(f"  plain    {c:3d} conn | {r['qps']:6.0f} q/s  p50 {r['p50_ms']:6.1f}  p99 "
+                  f"{r['p99_ms']:6.1f} ms  errors {r['errors']}")
+        print(f"  plain    answers unlike brute force: {plain_wrong} of 50")
+        for ingress, by_layout in measured.items():
+            for layout, (noop, rows, wrong) in by_layout.items():
+                print(f"\nsearch through {INGRESS_NAMES[ingress]}, layout {layout}, each count "
+                      "right after the no-op Serve endpoint:")
+                for c, n in noop.items():
+                    print(f"  no-op    {c:3d} conn | {n['qps']:6.0f} q/s  p50 {n['p50_ms']:6.1f}  "
+                          f"p99 {n['p99_ms']:6.1f} ms  errors {n['errors']}")
+                report(layout, rows, noop, wrong)
+                print("  CPU ms per request (ingress + replicas), no-op vs search: " + ", ".join(
+                    f"{c} conn {noop[c]['proxy_cpu_ms']:.1f} + {noop[c]['replicas_cpu_ms']:.1f} vs "
+                    f"{rows[c]['proxy_cpu_ms']:.1f} + {rows[c]['replicas_cpu_ms']:.1f}"
+                    for c in rows))
+                if any(r["search_thread_cpu_ms"] for r in rows.values()):
+                    print("    of which the replica's search thread (model + FAISS): " + ", ".join(
+                        f"{c} conn {r['search_thread_cpu_ms']:.2f}" for c, r in rows.items()))
+                print("  vs the plain uvicorn app: " + ", ".join(
+                    f"{c} conn QPS {rows[c]['qps'] / plain[c]['qps']:.2f}x p50 "
+                    f"{rows[c]['p50_ms'] / plain[c]['p50_ms']:.2f}x" for c in rows))
+                print("  vs the in-process batched rate: " + ", ".join(
+                    f"{c} conn {rows[c]['qps'] / ref['batched_qps']:.2f}x" for c in rows))
+                print(f"  goals: {goals(rows, plain, ref)}")
     if args.scale_codes:
         scale(args.scale_codes, args.cpus)
 

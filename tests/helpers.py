@@ -2,7 +2,7 @@
 because of tests/conftest.py. Fixtures live in the conftest files."""
 from hashgan_ray.ports import free_port
 
-__all__ = ["free_port", "write_tiny_model", "write_exact_index", "brute"]
+__all__ = ["free_port", "write_tiny_model", "write_exact_index", "brute", "listener_of"]
 
 
 def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):
@@ -53,3 +53,14 @@ def brute(code_hex: str, db_codes, ids) -> list[dict]:
     d = hamming_distances(q, db_codes)[0]
     order = np.argsort(d, kind="stable")                  # ties by database order
     return [{"id": int(ids[i]), "distance": int(d[i])} for i in order]
+
+
+def listener_of(port: int) -> str:
+    """The name of the process that listens on TCP `port` (e.g. "haproxy",
+    "ray::ProxyActor"): which ingress answers a service."""
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid).name()
+    raise LookupError(f"nothing listens on port {port}")

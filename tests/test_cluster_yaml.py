@@ -133,6 +133,25 @@ def test_token_auth_on_every_node():
     assert "RAY_AUTH_TOKEN=" not in CLUSTER_YAML.read_text()    # never the token itself
 
 
+def test_every_node_starts_serve_in_the_high_throughput_mode_of_hashgan_ray_serve():
+    """The RAY_SERVE_* variables of each `ray start` are those `hashgan-ray serve`
+    sets for a local Ray (serving/ingress.py), with HAProxy's files in /tmp/hgha
+    (made mode 700 first) and Ray's own ports for HAProxy's stats and metrics."""
+    import shlex
+
+    from hashgan_ray.serving.ingress import ingress_env
+
+    wanted = {k: v for k, v in ingress_env("haproxy", "/tmp/hgha").items()
+              if not k.endswith("_PORT")}
+    config = load()
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        (start,) = [c for c in commands if "ray start" in c]
+        words = shlex.split(start.split(";")[-1])
+        assigned = dict(w.split("=", 1) for w in words[:words.index("ray")])
+        assert {k: v for k, v in assigned.items() if k.startswith("RAY_SERVE_")} == wanted
+        assert "mkdir -p -m 700 /tmp/hgha" in start
+
+
 def test_setup_installs_the_project_at_pinned_versions():
     config = load()
     mounts = config["file_mounts"]

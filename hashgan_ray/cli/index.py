@@ -73,6 +73,26 @@ def cmd_index_add(args) -> None:
 
 def cmd_serve(args) -> None:
     """The Serve application in the foreground until Ctrl-C / SIGTERM, then a clean stop."""
+    import contextlib
+
+    from hashgan_ray.serving.ingress import ingress_environment
+
+    # The ingress is chosen by variables Ray's processes read when they start:
+    # this process can choose it only for the local Ray it starts.
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        if args.ingress:
+            raise ValueError("--ingress applies to a local Ray only: a cluster's ingress is "
+                             "set where its Ray starts (cluster.yaml, docs/serving.md)")
+        mode, through = contextlib.nullcontext(), "the cluster's ingress"
+    else:
+        ingress = args.ingress or "haproxy"
+        mode = ingress_environment(ingress)
+        through = "HAProxy" if ingress == "haproxy" else "Serve's Python proxy"
+    with mode:
+        _serve(args, through)
+
+
+def _serve(args, through: str) -> None:
     import signal
     import threading
 
@@ -96,7 +116,8 @@ def cmd_serve(args) -> None:
         serve.start(http_options={"host": args.host, "port": args.port,
                                   "request_timeout_s": args.request_timeout})
         serve.run(app, name="hashgan", route_prefix="/")
-        print(f"serving on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+        print(f"serving on http://{args.host}:{args.port}/v1 through {through} (Ctrl-C stops)",
+              flush=True)
         while not stop.wait(1.0):
             pass
         print("stopping", flush=True)
@@ -200,5 +221,9 @@ def add_serve_command(commands) -> None:
                           "split: encoder and shard deployments (default for several shards)")
     srv.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
                      help="Serve's end-to-end limit per request")
+    srv.add_argument("--ingress", choices=["haproxy", "python"], default=None,
+                     help="HTTP ingress of a local Ray: haproxy (default; Serve's high-throughput "
+                          "mode, plain HTTP) or python (Serve's Python proxy; for TLS or gRPC "
+                          "set-ups). A cluster's is set where its Ray starts")
     add_ray_options(srv)
     srv.set_defaults(func=cmd_serve)

@@ -1,6 +1,7 @@
-"""Fixtures of the serving tests: a dataset whose images are linked files and
-whose names are hostile HTML, and a few real emoji with their names, each with
-its own model and one-shard index."""
+"""Fixtures of the serving tests: a local Ray in Serve's high-throughput mode
+(HAProxy, the service's default ingress), a dataset whose images are linked
+files and whose names are hostile HTML, and a few real emoji with their names,
+each with its own model and one-shard index."""
 from collections import Counter
 
 import pytest
@@ -8,9 +9,36 @@ from helpers import write_exact_index, write_tiny_model
 from support.emoji import skip_unless_installed, write_emoji_test
 
 from hashgan_ray.data.format import DatasetWriter, read_meta, read_pairs
+from hashgan_ray.serving.ingress import ingress_environment
 
 HOSTILE_LABEL = '<img src=x onerror="document.title=\'pwned\'">'
 HOSTILE_WORD = "<b>bold</b>"
+
+
+def ray_behind(mode: str):
+    """A local Ray (as tests/conftest.py starts it) whose Serve runs the `mode` ingress."""
+    import ray
+
+    with ingress_environment(mode):
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Serve behind HAProxy, as `hashgan-ray serve` runs by default: every serving
+    test runs behind it unless it asks for `python_proxy_ray`."""
+    yield from ray_behind("haproxy")
+
+
+@pytest.fixture(scope="module")
+def python_proxy_ray():
+    """Serve's Python HTTP proxy (`hashgan-ray serve --ingress python`)."""
+    yield from ray_behind("python")
 
 
 def most_frequent(lists) -> int:

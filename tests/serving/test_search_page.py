@@ -10,6 +10,7 @@ The browser is never downloaded: .ci/run installs the `chromium` apt package
 """
 import base64
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from helpers import free_port
 from support.browser import ALL_LOADED, CHROMIUM, launch
 
 from hashgan_ray.data.format import read_meta, read_pairs
+from hashgan_ray.serving.ingress import CLOSE_SPREAD_SECONDS
 
 httpx = pytest.importorskip("httpx")
 TOKEN = "page-token-5c1d"
@@ -52,6 +54,9 @@ def emoji_url(url, emoji_served):
     serve.run(application(*emoji_served, token=TOKEN,
                           options={"SearchAPI": {"ray_actor_options": {"num_cpus": 0.5}}}),
               name="emoji", route_prefix="/emoji")
+    # The browser's kept-alive connections to the HAProxy of before the new route
+    # are closed within CLOSE_SPREAD_SECONDS; until then they would route /emoji/ to "/".
+    time.sleep(CLOSE_SPREAD_SECONDS + 1)
     return url + "/emoji/"
 
 

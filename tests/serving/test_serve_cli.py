@@ -9,19 +9,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import free_port, write_exact_index
+from helpers import free_port, listener_of, write_exact_index
 
 httpx = pytest.importorskip("httpx")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_serve_stays_up_until_interrupted_then_stops_cleanly(synth_data, tiny_model, tmp_path):
+@pytest.mark.parametrize("ingress,stop_signal,listener", [
+    (None, signal.SIGTERM, "haproxy"),                      # the default: HAProxy
+    ("python", signal.SIGINT, "ray::ProxyActor")])
+def test_serve_stays_up_until_interrupted_then_stops_cleanly(synth_data, tiny_model, tmp_path,
+                                                             ingress, stop_signal, listener):
+    """Either ingress; the stop ends within Serve's own limits (no "Controller
+    failed to shut down within 30.0s": ingress.DRAIN_SECONDS) and leaves nothing
+    listening, and HAProxy's files of the service are removed."""
     index = write_exact_index(tmp_path / "index", tiny_model, synth_data)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "HASHGAN_API_TOKEN")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "HASHGAN_API_TOKEN") and not k.startswith("RAY_SERVE_")}
+    haproxy_dirs = set(Path("/tmp").glob("hgha-*"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "hashgan_ray", "serve", "--checkpoint", str(tiny_model),
-         "--index", str(index), "--port", str(port), "--num-cpus", "2"],
+         "--index", str(index), "--port", str(port), "--num-cpus", "2",
+         *(["--ingress", ingress] if ingress else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         start_new_session=True)
     try:
@@ -38,10 +48,13 @@ def test_serve_stays_up_until_interrupted_then_stops_cleanly(synth_data, tiny_mo
             time.sleep(1)
         r = httpx.post(f"{url}/v1/search", json={"text": ["sky", "sea"], "k": 3}, timeout=60)
         assert r.status_code == 200 and len(r.json()["results"]) == 3
-        proc.send_signal(signal.SIGINT)
+        assert listener_of(port) == listener
+        proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
         assert f"serving on http://127.0.0.1:{port}/v1" in out and "stopping" in out
+        assert "failed to shut down" not in out, out
+        assert set(Path("/tmp").glob("hgha-*")) <= haproxy_dirs       # HAProxy's files removed
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/v1/healthz", timeout=5)
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from helpers import brute, free_port, write_exact_index, write_tiny_model
+from helpers import brute, free_port, listener_of, write_exact_index, write_tiny_model
 from PIL import Image
 
 from hashgan_ray.cli import main
@@ -126,6 +126,13 @@ def test_served_results_are_the_brute_force_ranking(request, layout, synth_data,
         upload = client.post("/v1/search/image", files={"file": ("q.png", q["image"], "image/png")},
                              data={"k": "30"}).json()
         assert upload["results"] == r["results"]
+
+
+def test_the_service_answers_through_haproxy(service):
+    """These tests run behind the default ingress: HAProxy holds the port (layout
+    split: the deployments call each other over gRPC)."""
+    _, _, port = service
+    assert listener_of(port) == "haproxy"
 
 
 def test_the_served_code_is_the_model_code(service, tiny_model, synth_data):
