@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 10] [--connections 1 8 32]
                                                [--layouts ingress split] [--scale-codes 10000000]
-                                               [--ingresses python haproxy]
+                                               [--ingresses python haproxy] [--replicas 1 2]
     .venv/bin/python benchmarks/serve_bench.py --items 195834     # only the items store
 
 First the alternative a user would write: one uvicorn process with a FastAPI app
@@ -16,8 +16,9 @@ deploying:
     network: 1,000-word bag -> 8192 -> 1000 -> 64 bits; untrained weights,
     speed does not depend on them) over an exact index of 193,734 random codes,
     in each of `--layouts`: ingress (model + index in the HTTP replica, 1 CPU;
-    the default for one shard) and split (ingress 0.25 CPU -> encoder 1 ->
-    shard 0.25),
+    the default for one shard; with `--replicas 2`, also two such replicas
+    sharing the CPUs the no-op leaves, "ingress-x2") and split (ingress 0.25
+    CPU -> encoder 1 -> shard 0.25),
   * a no-op application: the same FastAPI ingress set-up answering POST
     /v1/search with a constant, without encoder or index (the ceiling of Serve's
     HTTP path behind that ingress).
@@ -515,6 +516,16 @@ def goals(rows: dict[int, dict], plain: dict[int, dict], ref: dict) -> str:
     return "; ".join(out + [f"errors {errors}"])
 
 
+def variants(layouts: list[str], replicas: list[int]) -> list[tuple[str, int]]:
+    """(name, SearchAPI replicas): each layout; layout ingress once per replica count
+    (named ingress-x2 etc. beyond one)."""
+    out = []
+    for layout in layouts:
+        counts = replicas if layout == "ingress" else [1]
+        out += [(layout if r == 1 else f"{layout}-x{r}", r) for r in counts]
+    return out
+
+
 INGRESS_NAMES = {"python": "Serve's Python proxy", "haproxy": "HAProxy (high-throughput mode)"}
 
 
@@ -541,9 +552,14 @@ def measure_serve(ingress: str, args, tmp: Path, bodies: list[dict], bodies_file
             quiet = {"enable_access_log": False, "log_level": "WARNING"}
             serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
             serve.run(noop_app(), name="noop", route_prefix="/noop", logging_config=quiet)
-            for layout in args.layouts:
-                serve.run(application(tmp / "model", tmp / "index", layout=layout), name=layout,
-                          route_prefix=f"/{layout}", logging_config=quiet)
+            for layout, replicas in variants(args.layouts, args.replicas):
+                options = {}
+                if replicas > 1:        # the CPUs but the no-op's quarter, shared out
+                    options = {"SearchAPI": {"num_replicas": replicas, "ray_actor_options": {
+                        "num_cpus": (args.cpus - 0.25) / replicas}}}
+                app = application(tmp / "model", tmp / "index", layout=layout.split("-")[0],
+                                  options=options)
+                serve.run(app, name=layout, route_prefix=f"/{layout}", logging_config=quiet)
                 wrong = check_brute_force(url, f"/{layout}/v1/search", bodies[:50], expected)
                 # the no-op right before the search at each count: both see the same machine
                 noop, rows = {}, {}
@@ -570,6 +586,9 @@ def main() -> None:
                         choices=["ingress", "split"])
     parser.add_argument("--scale-codes", type=int, default=10_000_000, help="0 skips it")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1],
+                        help="SearchAPI replicas of layout ingress to measure (beyond 1: the "
+                             "Ray's CPUs but the no-op's 0.25, shared out)")
     parser.add_argument("--ingresses", nargs="+", default=["python", "haproxy"],
                         choices=["python", "haproxy"],
                         help="Serve's ingresses to measure, each on a Ray of its own")

