@@ -29,9 +29,10 @@ INGRESS_MODES = ("haproxy", "python")
 
 # How long a stopping ingress replica keeps answering so that HAProxy can take
 # it out of its table first. Serve's default (30 s) is sized for cloud load
-# balancers; HAProxy on the same cluster is reconfigured within a second
-# (docs/serving.md), and 30 s made every stop wait out the controller's own
-# 30-second shutdown limit ("Controller failed to shut down within 30.0s").
+# balancers; Serve reloads HAProxy 0.1 s after a change of replicas (Ray's
+# RAY_SERVE_HAPROXY_BROADCAST_COALESCE_S), and 30 s made every stop wait out the
+# controller's own 30-second shutdown limit ("Controller failed to shut down
+# within 30.0s"; docs/serving.md).
 DRAIN_SECONDS = 5
 
 # A change of Serve's routes or replicas reloads HAProxy: a new process takes the
