@@ -1,7 +1,7 @@
 import os
 
 import pytest
-from helpers import write_tiny_model
+from helpers import local_ray_running, write_tiny_model
 
 from hashgan_ray.data.synth import generate
 
@@ -23,12 +23,7 @@ def synth_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_ray():
     """A real local Ray with an explicit small CPU count, stopped afterwards."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield ray
-    ray.shutdown()
+    yield from local_ray_running()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,27 @@
 because of tests/conftest.py. Fixtures live in the conftest files."""
 from hashgan_ray.ports import free_port
 
-__all__ = ["free_port", "write_tiny_model", "write_exact_index", "brute", "listener_of"]
+__all__ = ["free_port", "local_ray_running", "write_tiny_model", "write_exact_index", "brute",
+           "listener_of"]
+
+
+def local_ray_running(ingress: str | None = None):
+    """A real local Ray with an explicit small CPU count, for a fixture to yield
+    from; stopped afterwards. `ingress`: the HTTP ingress its Serve runs
+    (hashgan_ray/serving/ingress.py), or None for Ray's own default."""
+    import contextlib
+
+    import ray
+
+    from hashgan_ray.serving.ingress import ingress_environment
+
+    with ingress_environment(ingress) if ingress else contextlib.nullcontext():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
 
 
 def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):

@@ -5,40 +5,26 @@ each with its own model and one-shard index."""
 from collections import Counter
 
 import pytest
-from helpers import write_exact_index, write_tiny_model
+from helpers import local_ray_running, write_exact_index, write_tiny_model
 from support.emoji import skip_unless_installed, write_emoji_test
 
 from hashgan_ray.data.format import DatasetWriter, read_meta, read_pairs
-from hashgan_ray.serving.ingress import ingress_environment
 
 HOSTILE_LABEL = '<img src=x onerror="document.title=\'pwned\'">'
 HOSTILE_WORD = "<b>bold</b>"
-
-
-def ray_behind(mode: str):
-    """A local Ray (as tests/conftest.py starts it) whose Serve runs the `mode` ingress."""
-    import ray
-
-    with ingress_environment(mode):
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def local_ray():
     """Serve behind HAProxy, as `hashgan-ray serve` runs by default: every serving
     test runs behind it unless it asks for `python_proxy_ray`."""
-    yield from ray_behind("haproxy")
+    yield from local_ray_running("haproxy")
 
 
 @pytest.fixture(scope="module")
 def python_proxy_ray():
     """Serve's Python HTTP proxy (`hashgan-ray serve --ingress python`)."""
-    yield from ray_behind("python")
+    yield from local_ray_running("python")
 
 
 def most_frequent(lists) -> int:
