@@ -5,7 +5,7 @@ PyTorch loop, same model, same data.
 
 Prints pairs/s of
   * a plain loop in this process: iter_batches (decode) + the encoder
-    (hashgan_ray.evaluation.evaluate.encode_arrays), torch with `--cpus` threads;
+    (hashgan_ray.model.encode.encode_arrays), torch with `--cpus` threads;
   * the Ray Data job (hashgan_ray.index.build.encode_job: read -> decode ->
     map_batches over an actor pool, one single-threaded actor per CPU) on a local
     Ray with `--cpus` CPUs, end to end (actor start-up included) and from its
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from hashgan_ray.data.format import read_meta  # noqa: E402
 from hashgan_ray.data.loading import iter_batches  # noqa: E402
 from hashgan_ray.data.synth import generate  # noqa: E402
-from hashgan_ray.evaluation.evaluate import encode_arrays  # noqa: E402
+from hashgan_ray.model.encode import encode_arrays  # noqa: E402
 from hashgan_ray.model.checkpoint import load_model, write_model_files  # noqa: E402
 from hashgan_ray.model.hashgan import HashGAN  # noqa: E402
 

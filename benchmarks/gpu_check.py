@@ -13,7 +13,7 @@ Measures, on one GPU (about 2-3 minutes on an H100):
     E/D:G schedule, bf16 autocast as in training), samples/s, with the `small`
     backbone at 64 px and with vgg19 at 224 px; the vgg19 figure against the
     bare VGG19 bf16 step (the cost of HashGAN's two players on top);
-  * encoding (hashgan_ray.evaluation.evaluate.encode_arrays, fp32, host arrays in and
+  * encoding (hashgan_ray.model.encode.encode_arrays, fp32, host arrays in and
     packed codes out, as the index build does), pairs/s, and the same under bf16;
   * equality: the same weights and inputs encoded on the CPU and on the GPU
     in fp32 (TF32 off): max |tanh output difference| and packed bits that differ.
@@ -40,7 +40,7 @@ import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hashgan_ray.config import TrainConfig  # noqa: E402
-from hashgan_ray.evaluation.evaluate import encode_arrays  # noqa: E402
+from hashgan_ray.model.encode import encode_arrays  # noqa: E402
 from hashgan_ray.model.hashgan import HashGAN, pack_codes  # noqa: E402
 from hashgan_ray.train.methods import build_trainer  # noqa: E402
 from hashgan_ray.train.steps import autocast  # noqa: E402

@@ -96,7 +96,7 @@ def run_cell(data: str, base: dict, name: str, overrides: dict, seed: int, devic
     import torch
 
     from hashgan_ray.config import TrainConfig
-    from hashgan_ray.evaluation.evaluate import encode_arrays
+    from hashgan_ray.model.encode import encode_arrays
     from hashgan_ray.evaluation.metrics import mean_average_precision
     from hashgan_ray.train.local import load_split, train_in_memory
 

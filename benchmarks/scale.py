@@ -214,7 +214,7 @@ def body_plain(args) -> None:
 
     from hashgan_ray.data.format import read_meta
     from hashgan_ray.data.loading import BatchSpec, iter_batches
-    from hashgan_ray.evaluation.evaluate import encode_arrays
+    from hashgan_ray.model.encode import encode_arrays
     from hashgan_ray.model.checkpoint import load_model
 
     torch.set_num_threads(args.threads)
@@ -250,7 +250,8 @@ def body_eval(args) -> None:
     """MAP of the query split against the index's database codes; a sample of
     those codes re-encoded here must match them."""
     from hashgan_ray.data.format import read_meta
-    from hashgan_ray.evaluation.evaluate import Encoded, encode_split, retrieval_map
+    from hashgan_ray.evaluation.evaluate import retrieval_map
+    from hashgan_ray.model.encode import Encoded, encode_split
     from hashgan_ray.index import store
     from hashgan_ray.model.checkpoint import load_model
 

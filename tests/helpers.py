@@ -47,7 +47,7 @@ def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
     """An exact index of `data_dir`'s database codes, written in-process without
     Ray Data (tests/index covers the Ray Data job) -> out. Its manifest names the
     dataset, so the service shows the items."""
-    from hashgan_ray.evaluation.evaluate import encode_split
+    from hashgan_ray.model.encode import encode_split
     from hashgan_ray.index import store
     from hashgan_ray.model.checkpoint import fingerprint, load_model
 

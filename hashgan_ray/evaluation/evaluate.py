@@ -1,4 +1,4 @@
-"""Encode dataset splits with a model and measure retrieval (no Ray).
+"""Measure retrieval of encoded dataset splits (no Ray; the encoding is model/encode.py).
 
 Used by the per-epoch validation of training; `evaluate_model` is the one
 evaluation of a trained model, for `hashgan-ray eval` and the experiment's cells.
@@ -8,28 +8,18 @@ read here when not given).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
-from hashgan_ray.data.format import DatasetMeta, iter_pairs, read_meta, read_pairs
-from hashgan_ray.data.loading import BatchSpec, decode_batch
+from hashgan_ray.data.format import DatasetMeta, iter_pairs, read_pairs
+from hashgan_ray.data.loading import decode_batch
 from hashgan_ray.evaluation import metrics
 from hashgan_ray.files import save_figure
-from hashgan_ray.model.hashgan import HashGAN, pack_codes
+from hashgan_ray.model.encode import Encoded, batch_spec, encode_split
+from hashgan_ray.model.hashgan import HashGAN
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoded:
-    ids: np.ndarray           # (n,) int64 dataset ids
-    image_codes: np.ndarray   # (n, bits/8) uint8, packed
-    text_codes: np.ndarray    # (n, bits/8) uint8, packed
-    labels: np.ndarray        # (n, L) float32 multi-hot
 
 
 def sample_ids(data_dir, split: str, size: int | None, seed: int) -> np.ndarray | None:
@@ -41,58 +31,13 @@ def sample_ids(data_dir, split: str, size: int | None, seed: int) -> np.ndarray 
 
 
 @torch.no_grad()
-def encode_arrays(model: HashGAN, image: np.ndarray, text: np.ndarray,
-                  device="cpu", *, oracle=None, ids: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded images uint8 (n, 3, S, S) and word counts (n, V) -> packed image
-    and text codes, each uint8 (n, bits/8), from the attended features only.
-    The one encoding step of evaluation, the index build and the benchmarks.
-    `oracle` (data/oracle.py, with the pairs' `ids`): attended by the true masks,
-    as the oracle setting trains."""
-    image, text = torch.as_tensor(image, device=device), torch.as_tensor(text, device=device)
-    if oracle is not None:
-        codes = model.net(image, text, *oracle.forward_masks(torch.as_tensor(ids), text))
-        return pack_codes(codes["img"]), pack_codes(codes["txt"])
-    return pack_codes(model.encode_image(image)), pack_codes(model.encode_text(text))
-
-
-def _batch_spec(model: HashGAN, data_dir, meta: DatasetMeta | None) -> BatchSpec:
-    """How to decode the pairs for `model` (its image size)."""
-    return BatchSpec.from_meta(meta or read_meta(data_dir), model.args["image_size"])
-
-
-@torch.no_grad()
-def encode_split(model: HashGAN, data_dir, split: str, *, device="cpu", batch_size: int = 256,
-                 only_ids: np.ndarray | None = None, oracle=None,
-                 meta: DatasetMeta | None = None) -> Encoded:
-    """Codes of every pair of `split` (or of `only_ids` in it), attended features
-    only (by the true masks with an `oracle`, see encode_arrays)."""
-    spec = _batch_spec(model, data_dir, meta)
-    wanted = pa.array(only_ids) if only_ids is not None else None
-    model.eval()
-    parts: list[tuple] = []
-    for rb in iter_pairs(data_dir, split, columns=spec.columns, batch_size=batch_size):
-        if wanted is not None:
-            rb = rb.filter(pc.is_in(rb.column("id"), wanted))
-            if not rb.num_rows:
-                continue
-        batch = decode_batch(rb.to_pydict(), spec)
-        parts.append((batch["id"], *encode_arrays(model, batch["image"], batch["text"], device,
-                                                  oracle=oracle, ids=batch["id"]),
-                      batch["labels"]))
-    if not parts:
-        raise ValueError(f"{data_dir}: split {split!r} has no rows to encode")
-    return Encoded(*(np.concatenate(cols) for cols in zip(*parts)))
-
-
-@torch.no_grad()
 def attended_share(model: HashGAN, data_dir, split: str = "query", *, oracle=None,
                    device="cpu", batch_size: int = 256,
                    meta: DatasetMeta | None = None) -> dict[str, float]:
     """Mean share of attended image positions and of attended text features
     over `split` (1.0 for a modality without attention). With an `oracle`: its
     image masks, and for text the share of the words that are label words."""
-    spec = _batch_spec(model, data_dir, meta)
+    spec = batch_spec(model, data_dir, meta)
     model.eval()
     image_sum = text_sum = 0.0
     n = 0
@@ -154,7 +99,7 @@ def plot_attention_masks(model: HashGAN, data_dir, path, *, n: int = 8, split: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spec = _batch_spec(model, data_dir, meta)
+    spec = batch_spec(model, data_dir, meta)
     rb = next(iter_pairs(data_dir, split, columns=spec.columns, batch_size=n))
     images = decode_batch(rb.to_pydict(), spec)["image"]                 # (n, 3, S, S) uint8
     model.eval()

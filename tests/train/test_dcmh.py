@@ -218,7 +218,8 @@ def test_a_checkpoint_with_the_optimizers_nested_by_modality_still_loads(synth_d
 def test_two_workers_train_dcmh_on_the_labelled_half_and_export_a_servable_model(
         ray3, synth_data, tmp_path):
     from hashgan_ray.data.splits import labeled_ids
-    from hashgan_ray.evaluation.evaluate import encode_split, retrieval_map
+    from hashgan_ray.evaluation.evaluate import retrieval_map
+    from hashgan_ray.model.encode import encode_split
     from hashgan_ray.model.checkpoint import TRAIN_STATE, load_model
     from hashgan_ray.train.loop import fit, train_split_ids
 

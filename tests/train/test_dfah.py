@@ -245,7 +245,7 @@ def test_training_on_a_batch_raises_in_batch_map(batch, one_thread):
 
 def test_two_ray_workers_train_dfah_and_its_model_is_indexed_and_served_unchanged(ray3, synth_data, tmp_path):
     # ray3: tests/train/conftest.py
-    from hashgan_ray.evaluation.evaluate import encode_split
+    from hashgan_ray.model.encode import encode_split
     from hashgan_ray.index.build import build_index
     from hashgan_ray.index.store import HashIndex, read_codes
     from hashgan_ray.model.checkpoint import TRAIN_STATE, fingerprint, load_model

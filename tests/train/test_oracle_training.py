@@ -8,7 +8,8 @@ from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.format import read_meta
 from hashgan_ray.data.loading import iter_batches
 from hashgan_ray.data.oracle import Oracle
-from hashgan_ray.evaluation.evaluate import attended_share, encode_split
+from hashgan_ray.evaluation.evaluate import attended_share
+from hashgan_ray.model.encode import encode_split
 from hashgan_ray.model.hashgan import pack_codes
 from hashgan_ray.train.methods import build_model, build_trainer
 

@@ -8,7 +8,8 @@ import torch
 
 from hashgan_ray.config import TrainConfig
 from hashgan_ray.data.loading import iter_batches
-from hashgan_ray.evaluation.evaluate import Encoded, encode_arrays, retrieval_map
+from hashgan_ray.evaluation.evaluate import retrieval_map
+from hashgan_ray.model.encode import Encoded, encode_arrays
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.methods import build_trainer
 from hashgan_ray.train.methods.schgan import (RelevanceScorer, candidate_rewards, margin_reward,
@@ -181,7 +182,7 @@ def test_training_steps_raise_in_batch_map(batch, one_thread):
 
 def test_ray_train_two_workers_half_labelled_then_index_serves_the_model(
         ray3, synth_data, tmp_path):
-    from hashgan_ray.evaluation.evaluate import encode_split
+    from hashgan_ray.model.encode import encode_split
     from hashgan_ray.evaluation.metrics import hamming_distances
     from hashgan_ray.index.build import build_index
     from hashgan_ray.index.store import HashIndex
