@@ -43,18 +43,20 @@ def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):
     return out
 
 
-def write_exact_index(out, model_dir, data_dir, *, shards: int = 1):
+def write_exact_index(out, model_dir, data_dir, *, shards: int = 1, overwrite: bool = False):
     """An exact index of `data_dir`'s database codes, written in-process without
-    Ray Data (tests/index covers the Ray Data job) -> out. Its manifest names the
+    Ray Data (tests/index covers the Ray Data job) -> out (replacing an index there
+    with `overwrite`, as `index build --overwrite` does). Its manifest names the
     dataset, so the service shows the items."""
-    from hashgan_ray.model.encode import encode_split
     from hashgan_ray.index import store
     from hashgan_ray.model.checkpoint import fingerprint, load_model
+    from hashgan_ray.model.encode import encode_split
 
     model, _ = load_model(model_dir)
     db = encode_split(model, data_dir, "database")
     store.write_index(out, lambda w: w.add(db.ids, db.image_codes, db.text_codes),
-                      bits=model.bits, kind="flat", shards=shards, manifest_fields={
+                      bits=model.bits, kind="flat", shards=shards, overwrite=overwrite,
+                      manifest_fields={
                           "checkpoint": {"path": str(model_dir),
                                          "fingerprint": fingerprint(model_dir)},
                           "datasets": [{"path": str(data_dir), "split": "database"}],

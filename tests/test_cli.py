@@ -53,7 +53,8 @@ COMMANDS = [["data"], ["data", "synth"], ["data", "info"], ["data", "convert"],
             ["data", "convert", "emoji"], ["data", "convert", "nuswide"],
             ["data", "convert", "mirflickr"],
             ["data", "convert", "iapr"], ["data", "convert", "dcmh-mat"], ["train"], ["eval"],
-            ["index"], ["index", "build"], ["index", "add"], ["serve"], ["tune"],
+            ["index"], ["index", "build"], ["index", "add"], ["index", "remove"], ["serve"],
+            ["tune"],
             ["experiment"], ["experiment", "paper"]]
 
 
@@ -221,6 +222,21 @@ def test_index_commands_check_model_dataset_and_shards_first(synth_data, tiny_mo
     capsys.readouterr()
     fails_before_ray(["index", "add", "--index", str(out), "--data", str(other)], capsys,
                      "vocabulary differs")
+
+
+def test_index_remove_names_a_bad_line_of_its_ids_file_and_changes_nothing(
+        synth_data, tiny_model, tmp_path, capsys):
+    index = write_exact_index(tmp_path / "index", tiny_model, synth_data)
+    before = (index / "manifest.json").read_text()
+    ids = tmp_path / "gone.txt"
+    ids.write_text("# pairs to take out\n12\n\n7x\n")
+    assert main(["index", "remove", "--index", str(index), "--ids-file", str(ids)]) == 2
+    assert f"{ids}:4: not an id: '7x'" in capsys.readouterr().err
+    assert main(["index", "remove", "--index", str(index)]) == 2
+    assert "--ids ID" in capsys.readouterr().err
+    assert main(["index", "remove", "--index", str(index), "--ids", "999999"]) == 2
+    assert "1 id(s) not in the index: 999999" in capsys.readouterr().err
+    assert (index / "manifest.json").read_text() == before
 
 
 def test_the_choices_written_in_the_cli_are_the_librarys():

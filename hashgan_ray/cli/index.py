@@ -1,5 +1,5 @@
-"""`hashgan-ray index build|add` (encode with Ray Data, index in FAISS) and
-`hashgan-ray serve` (search over HTTP with Ray Serve)."""
+"""`hashgan-ray index build|add|remove` (encode with Ray Data, index in FAISS)
+and `hashgan-ray serve` (search over HTTP with Ray Serve)."""
 from __future__ import annotations
 
 import os
@@ -68,7 +68,35 @@ def cmd_index_add(args) -> None:
     m = add_to_index(args.index, args.data, checkpoint=args.checkpoint,
                      split=_split_arg(args.split), progress=_encode_bar, **_job_options(args))
     print(f"added {m['count'] - before} pairs of {args.data} to {args.index} "
-          f"(now {m['count']}; restart the service to search them)")
+          f"(now {m['count']}, version {m['version']}; a service of this index searches "
+          "them within seconds)")
+
+
+def read_ids_file(path) -> list[int]:
+    """One id per line (blank lines and '#' comments skipped); a bad line is an
+    error naming file and line."""
+    ids = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                ids.append(int(text))
+            except ValueError:
+                raise ValueError(f"{path}:{n}: not an id: {text[:40]!r}") from None
+    return ids
+
+
+def cmd_index_remove(args) -> None:
+    from hashgan_ray.index.store import remove_from_index
+
+    ids = list(args.ids or []) + (read_ids_file(args.ids_file) if args.ids_file else [])
+    if not ids:
+        raise ValueError("give the ids to remove: --ids ID [ID ...] or --ids-file FILE")
+    m = remove_from_index(args.index, ids)
+    print(f"removed {len(set(ids))} pairs from {args.index} (now {m['count']}, version "
+          f"{m['version']}; a service of this index stops finding them within seconds)")
 
 
 def cmd_serve(args) -> None:
@@ -110,7 +138,7 @@ def _serve(args, through: str) -> None:
     layout = resolve_layout(args.index, args.layout or "auto")
     app = application(args.checkpoint, args.index, layout=layout, token=read_token(None),
                       options={"SearchAPI" if layout == "ingress" else "QueryEncoder":
-                               {"num_replicas": args.encoder_replicas}})
+                               {"num_replicas": args.encoder_replicas}}, watch_s=args.watch)
     connect_ray(args.address, args.num_cpus)
     # Our handlers, set after Ray's: Ctrl-C and SIGTERM (also in a background job,
     # where the shell ignores SIGINT) end the wait below, even during start-up.
@@ -148,10 +176,14 @@ def add_index_commands(commands) -> None:
         description="Turns a dataset into searchable binary codes: a Ray Data job runs the "
                     "trained model over the pairs, and the codes of both modalities go into "
                     "FAISS indexes in an index directory that `serve` searches. `index build` "
-                    "writes a new one, `index add` appends pairs to one.",
+                    "writes a new one, `index add` appends pairs to one, `index remove` takes "
+                    "pairs out. Each change is a new version of the directory, written whole "
+                    "before it replaces the old one; a running service loads it within "
+                    "seconds.",
         examples=["hashgan-ray index build --checkpoint runs/synth/model --data data/synth "
                   "--out index/synth",
-                  "hashgan-ray index add --index index/synth --data data/more"])
+                  "hashgan-ray index add --index index/synth --data data/more",
+                  "hashgan-ray index remove --index index/synth --ids 17 42"])
     index_cmds = index.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
     build = add_command(
         index_cmds, "build", summary="encode a split and write an index directory",
@@ -187,7 +219,8 @@ def add_index_commands(commands) -> None:
         index_cmds, "add", summary="encode new pairs and add them to an index",
         description="Encodes the pairs of another dataset with the index's own model and "
                     "appends them to the index. An id already in the index is refused before "
-                    "anything is encoded. A running service sees the new pairs after a restart.",
+                    "anything is encoded. A running service of the index searches the new "
+                    "pairs within seconds, without a restart.",
         examples=["hashgan-ray index add --index index/synth --data data/more",
                   "hashgan-ray index add --index index/synth --data data/more --split all"])
     must = required_group(add)
@@ -198,6 +231,22 @@ def add_index_commands(commands) -> None:
                      help="the index's model (default: the path in its manifest)")
     _add_encode_arguments(add)
     add.set_defaults(func=cmd_index_add)
+
+    remove = add_command(
+        index_cmds, "remove", summary="take pairs out of an index",
+        description="Removes the pairs with the given dataset ids from an index: their codes "
+                    "go, the shards that held them are rebuilt, and the service stops finding "
+                    "them (and their /v1/items) within seconds. An id the index does not hold "
+                    "is an error, and nothing is removed. No Ray: nothing is encoded.",
+        examples=["hashgan-ray index remove --index index/synth --ids 17 42",
+                  "hashgan-ray index remove --index index/synth --ids-file gone.txt"])
+    must = required_group(remove)
+    must.add_argument("--index", required=True, metavar="DIR", help="index directory")
+    remove.add_argument("--ids", type=int, nargs="+", metavar="ID",
+                        help="dataset ids of the pairs to remove")
+    remove.add_argument("--ids-file", metavar="FILE",
+                        help="a file of ids, one per line ('#' starts a comment)")
+    remove.set_defaults(func=cmd_index_remove)
 
 
 def add_serve_command(commands) -> None:
@@ -226,6 +275,10 @@ def add_serve_command(commands) -> None:
                           "split: encoder and shard deployments (default for several shards)")
     srv.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
                      help="Serve's end-to-end limit per request")
+    srv.add_argument("--watch", type=float, default=1.0, metavar="SECONDS",
+                     help="how often each replica looks for a new version of the index "
+                          "(index add / remove / build --overwrite, which may name a new "
+                          "model) and loads it without a restart; 0: never (default: 1)")
     srv.add_argument("--ingress", choices=["haproxy", "python"], default=None,
                      help="HTTP ingress of a local Ray: haproxy (default; Serve's high-throughput "
                           "mode, plain HTTP) or python (Serve's Python proxy; for TLS or gRPC "

@@ -5,6 +5,10 @@
                                                    (fixed_size_binary[bits/8])
     INDEX_DIR/shards/00000/image.index, text.index (faiss.write_index_binary)
 
+The manifest's `version` grows by one with every change written to the directory
+(build over it, add, remove): a running service compares it to the version it
+serves and loads the new one (hashgan_ray.serving.app).
+
 Rows keep one *database order* (the order of the codes files): shard s holds a
 contiguous range of it, and every FAISS index is an `IndexBinaryIDMap` whose
 internal row order is that order and whose labels are dataset ids. FAISS's
@@ -112,6 +116,14 @@ def read_codes(index_dir) -> Codes:
     table = pa.concat_tables(parts) if parts else codes_schema(nbytes).empty_table()
     return Codes(table.column("id").to_numpy(), _unpack(table.column("image_code"), nbytes),
                  _unpack(table.column("text_code"), nbytes))
+
+
+def read_ids(index_dir) -> np.ndarray:
+    """The dataset ids an index holds, in database order (only the id column read)."""
+    manifest = read_manifest(index_dir)
+    parts = [pq.read_table(Path(index_dir) / f, columns=["id"]).column("id").to_numpy()
+             for f in manifest["codes"]]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
 class CodesWriter:
@@ -237,6 +249,19 @@ def read_manifest(index_dir) -> dict:
     return manifest
 
 
+def manifest_version(manifest: dict) -> int:
+    """The index's version (0 for an index written before versions existed)."""
+    return int(manifest.get("version", 0))
+
+
+def _version_after(index_dir: Path) -> int:
+    """One more than the version of the index at `index_dir`, 1 where there is none."""
+    try:
+        return manifest_version(read_manifest(index_dir)) + 1
+    except (FileNotFoundError, ValueError):
+        return 1
+
+
 def check_manifest(manifest: dict, index_dir, *, bits: int | None = None,
                    checkpoint_fingerprint: str | None = None) -> None:
     """Refuse an index built with another code length or another model."""
@@ -344,8 +369,8 @@ def write_index(out_dir, codes_writer_fn, *, bits: int, kind: str, shards: int,
         params = {}
         for s in range(shards):
             params = write_shard(tmp, s, kind, codes.slice(bounds[s], bounds[s + 1]))
-        manifest = {"format_version": FORMAT_VERSION, "bits": bits, "kind": kind,
-                    "params": params, "count": len(codes),
+        manifest = {"format_version": FORMAT_VERSION, "version": _version_after(out_dir),
+                    "bits": bits, "kind": kind, "params": params, "count": len(codes),
                     "shards": [{"rows": bounds[s + 1] - bounds[s]} for s in range(shards)],
                     "codes": writer.files, "created_at": now(), "updated_at": now(),
                     **manifest_fields}
@@ -359,19 +384,43 @@ def write_index(out_dir, codes_writer_fn, *, bits: int, kind: str, shards: int,
     return manifest
 
 
-def add_to_index(index_dir, codes_writer_fn, *, dataset: dict) -> dict:
-    """Append codes to an existing index, atomically: the new codes get new
-    codes files and join the last shard (rebuilt from its codes); the other
-    shards' files are hard-linked unchanged. A duplicate id is an error."""
-    index_dir = Path(index_dir).resolve()
+def _next_version(index_dir: Path, change) -> dict:
+    """Write the next version of an index directory, atomically: `change(tmp,
+    manifest)` edits a copy whose files are hard links to the current ones (a
+    file it rewrites must be unlinked first, never written into) and the
+    manifest in memory; the copy then replaces the directory with the version
+    one higher. A failure leaves the directory as it was."""
     manifest = read_manifest(index_dir)
-    nbytes = manifest["bits"] // 8
     tmp = temp_dir_for(index_dir)
     try:
         _link_tree(index_dir, tmp)
+        change(tmp, manifest)
+        manifest["version"] = manifest_version(manifest) + 1
+        manifest["updated_at"] = now()
+        _write_manifest(tmp, manifest)
+        move_into_place(tmp, index_dir)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return manifest
+
+
+def _rebuild_shard(tmp: Path, shard: int, kind: str, codes: Codes) -> None:
+    for target in TARGETS:
+        os.unlink(tmp / shard_file(shard, target))      # a link to the old file
+    write_shard(tmp, shard, kind, codes)
+
+
+def add_to_index(index_dir, codes_writer_fn, *, dataset: dict) -> dict:
+    """Append codes to an existing index as its next version: the new codes get
+    new codes files and join the last shard (rebuilt from its codes); the other
+    shards' files are hard-linked unchanged. A duplicate id is an error."""
+    index_dir = Path(index_dir).resolve()
+
+    def append(tmp: Path, manifest: dict) -> None:
         writer = CodesWriter(tmp, first_part=len(manifest["codes"]))
         codes_writer_fn(writer)
-        new = writer.finish(nbytes)
+        new = writer.finish(manifest["bits"] // 8)
         if not len(new):
             raise ValueError("there is nothing to add (0 pairs)")
         old = read_codes(index_dir)
@@ -380,20 +429,61 @@ def add_to_index(index_dir, codes_writer_fn, *, dataset: dict) -> dict:
         first_row = manifest["count"] - manifest["shards"][last]["rows"]
         rows = Codes(*(np.concatenate([a[first_row:], b]) for a, b in
                        zip((old.ids, old.image, old.text), (new.ids, new.image, new.text))))
-        for target in TARGETS:
-            os.unlink(tmp / shard_file(last, target))   # a link to the old file: never write into it
-        write_shard(tmp, last, manifest["kind"], rows)
+        _rebuild_shard(tmp, last, manifest["kind"], rows)
         manifest["shards"][last]["rows"] = len(rows)
         manifest["count"] += len(new)
         manifest["codes"] += writer.files
         manifest["datasets"].append(dataset)
-        manifest["updated_at"] = now()
-        _write_manifest(tmp, manifest)
-        move_into_place(tmp, index_dir)
-    except BaseException:
-        _remove(tmp)
-        raise
-    log.info("added %d codes to %s (now %d)", len(new), index_dir, manifest["count"])
+        log.info("adding %d codes to %s", len(new), index_dir)
+
+    manifest = _next_version(index_dir, append)
+    log.info("%s: version %d, %d codes", index_dir, manifest["version"], manifest["count"])
+    return manifest
+
+
+def remove_from_index(index_dir, ids) -> dict:
+    """Remove the pairs with these dataset ids from an index, as its next version:
+    the codes are rewritten without them (database order kept), the shards that
+    held them are rebuilt, the others hard-linked unchanged. An id the index
+    does not hold is an error naming it; so is a removal that would leave a
+    shard empty."""
+    index_dir = Path(index_dir).resolve()
+    ids = np.unique(np.asarray(ids, np.int64))
+    if not len(ids):
+        raise ValueError("no ids to remove")
+    codes = read_codes(index_dir)
+    held = np.isin(ids, codes.ids)
+    if not held.all():
+        missing = ids[~held]
+        shown = ", ".join(str(v) for v in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise ValueError(f"{index_dir}: {len(missing)} id(s) not in the index: {shown}; "
+                         "nothing was removed")
+    keep = ~np.isin(codes.ids, ids)
+
+    def drop(tmp: Path, manifest: dict) -> None:
+        for name in manifest["codes"]:
+            os.unlink(tmp / name)                      # links to the old files
+        kept = Codes(codes.ids[keep], codes.image[keep], codes.text[keep])
+        writer = CodesWriter(tmp)
+        writer.add(kept.ids, kept.image, kept.text)
+        writer.finish(manifest["bits"] // 8)
+        bounds = np.cumsum([0] + [s["rows"] for s in manifest["shards"]])
+        start = 0
+        for shard, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            rows = int(keep[a:b].sum())
+            if rows == 0:
+                raise ValueError(f"{index_dir}: removing these ids would leave shard {shard} "
+                                 "empty; rebuild the index with fewer shards instead")
+            if rows < b - a:                           # this shard held some of them
+                _rebuild_shard(tmp, shard, manifest["kind"], kept.slice(start, start + rows))
+                manifest["shards"][shard]["rows"] = rows
+            start += rows
+        manifest["count"] = len(kept)
+        manifest["codes"] = writer.files
+        log.info("removing %d codes from %s", len(ids), index_dir)
+
+    manifest = _next_version(index_dir, drop)
+    log.info("%s: version %d, %d codes", index_dir, manifest["version"], manifest["count"])
     return manifest
 
 

@@ -20,6 +20,15 @@ The ingress validates each request (hashgan_ray.serving.query) and queues it
 for `_search`, one batch at a time (see MAX_BATCH): one batch of concurrent
 queries makes one encoder call per modality and one search per shard and
 target, so the encoder and FAISS see matrices rather than single queries.
+
+Live updates (layout ingress; docs/serving.md, "Changes while serving"): each
+replica serves one `Served` (a model and the index built with it) and replaces
+it whole, never in part. It watches the index's manifest and loads a new
+version (`index add`, `index remove`, `index build --overwrite`, which may name
+a new model) within WATCH_S; `user_config: {checkpoint, index}` (Serve's
+lightweight config update) swaps to another pair. A version or pair that does
+not load, or does not match, is refused: the old one keeps serving and
+/v1/info says why.
 """
 
 import asyncio
@@ -34,7 +43,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -47,7 +56,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from hashgan_ray.data.format import OPTIONAL_COLUMNS
-from hashgan_ray.index.store import TARGETS, check_manifest, merge, open_shard, read_manifest
+from hashgan_ray.index.store import (TARGETS, IndexMismatch, check_manifest, manifest_version, merge, now,
+                                     open_shard, read_ids, read_manifest)
 from hashgan_ray.serving.items import ItemNotFound, ItemStore, thumbnail
 from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, item_id, load_image,
                                        parse_query, search_options, thumbnail_size)
@@ -55,7 +65,12 @@ from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, it
 log = logging.getLogger("ray.serve")
 TOKEN_ENV = "HASHGAN_API_TOKEN"
 LAYOUTS = ("auto", "ingress", "split")
-APP_ARGS = {"checkpoint", "index", "layout", "limits", "token_file"}
+APP_ARGS = {"checkpoint", "index", "layout", "limits", "token_file", "watch_s"}
+USER_CONFIG = {"checkpoint", "index"}     # SearchAPI's user_config: the pair to serve
+# How often a replica looks at its index's manifest (one stat() when unchanged).
+WATCH_S = 1.0
+# Serve's health check of the ingress (Serve's defaults: every 10 s, 30 s to answer).
+HEALTH_CHECK = {"health_check_period_s": 10.0, "health_check_timeout_s": 30.0}
 # Serve queues what exceeds a replica's max_ongoing_requests in the proxy, where
 # it cannot be batched: let the ingress hold many, it only awaits.
 INGRESS_ONGOING, BACKEND_ONGOING = 256, 64
@@ -138,28 +153,11 @@ def name_os_thread(name: str) -> None:
 
 
 class LocalSearch:
-    """Layout `ingress`: the encoder and every shard in the ingress replica,
-    run by `thread`, one thread of the replica's own (named SEARCH_THREAD)."""
+    """Layout `ingress`: the encoder and every shard of the index in the ingress
+    replica; called in the replica's search thread (SearchThread)."""
 
-    def __init__(self, checkpoint: str, index: str, bits: int, checkpoint_fingerprint: str):
-        import faiss
-
-        from hashgan_ray.index.store import HashIndex
-
-        self.faiss, self.threads = faiss, replica_threads()
-        self.encoder = Encoder(checkpoint, self.threads)
-        self.index = HashIndex(index, bits=bits, checkpoint_fingerprint=checkpoint_fingerprint)
-        self.thread = ThreadPoolExecutor(1, SEARCH_THREAD, initializer=self._start_thread)
-
-    def _start_thread(self) -> None:
-        name_os_thread(SEARCH_THREAD)
-        # OpenMP's thread count is per calling thread: without this FAISS would
-        # get one OpenMP thread per core in this one.
-        self.faiss.omp_set_num_threads(self.threads)
-
-    async def run(self, fn, *args):
-        """fn(*args) in the search thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+    def __init__(self, encoder: Encoder, index):
+        self.encoder, self.index = encoder, index
 
     def encode(self, queries: list[Query]) -> np.ndarray:
         """Packed codes (n, bits/8) of the queries, one encoder call per modality."""
@@ -179,6 +177,33 @@ class LocalSearch:
             for j, i in enumerate(rows):
                 found[i] = (D[j], I[j])
         return found
+
+    def probe(self) -> None:
+        """One search of an all-zero code in each index: the health check's."""
+        zero = np.zeros((1, self.encoder.model.bits // 8), np.uint8)
+        for target in TARGETS:
+            self.index.search(zero, target, 1)
+
+
+class SearchThread:
+    """The replica's one search thread (named SEARCH_THREAD), which runs torch
+    and FAISS for every Served the replica holds in turn."""
+
+    def __init__(self, threads: int):
+        import faiss
+
+        self.faiss, self.threads = faiss, threads
+        self.pool = ThreadPoolExecutor(1, SEARCH_THREAD, initializer=self._start)
+
+    def _start(self) -> None:
+        name_os_thread(SEARCH_THREAD)
+        # OpenMP's thread count is per calling thread: without this FAISS would
+        # get one OpenMP thread per core in this one.
+        self.faiss.omp_set_num_threads(self.threads)
+
+    async def run(self, fn, *args):
+        """fn(*args) in the search thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
 @serve.deployment(max_ongoing_requests=BACKEND_ONGOING, ray_actor_options={"num_cpus": 1})
@@ -253,37 +278,207 @@ class RemoteSearch:
         return found
 
 
-@serve.deployment(max_ongoing_requests=INGRESS_ONGOING)
+class IndexChanging(RuntimeError):
+    """The index directory changed again while a version of it was being loaded."""
+
+
+@dataclass
+class Served:
+    """What an ingress replica serves: one model and the index built with it,
+    loaded together and replaced whole. A request holds one Served from its
+    parsing to its items, so a swap never mixes two of them in one answer."""
+    checkpoint: str
+    index: str
+    fingerprint: str           # of the checkpoint's weights; the index was built with it
+    version: int               # the index manifest's
+    config: dict               # the model's config.json
+    vocab: Vocabulary
+    search: LocalSearch | RemoteSearch
+    items: ItemStore
+    info: dict                 # /v1/info's model, index and items
+
+    @property
+    def bits(self) -> int:
+        return self.config["model"]["bits"]
+
+    @property
+    def image_size(self) -> int:
+        return self.config["model"]["image_size"]
+
+
+def load_served(checkpoint: str, index: str, threads: int, *,
+                previous: Served | None = None, remote: RemoteSearch | None = None) -> Served:
+    """Load a model and its index, refusing a pair that does not match (IndexMismatch).
+    The model of `previous` is reused when the checkpoint is the same. The manifest
+    is read again at the end: a directory replaced meanwhile (IndexChanging) would
+    have given files of two versions."""
+    from hashgan_ray.index.store import HashIndex
+    from hashgan_ray.model.checkpoint import fingerprint, read_config
+
+    manifest = read_manifest(index)
+    model_fp = fingerprint(checkpoint)
+    config = read_config(checkpoint)
+    bits = config["model"]["bits"]
+    check_manifest(manifest, index, bits=bits, checkpoint_fingerprint=model_fp)
+    if remote is not None:
+        search = remote
+    else:
+        encoder = (previous.search.encoder if previous is not None and
+                   previous.fingerprint == model_fp and isinstance(previous.search, LocalSearch)
+                   else Encoder(checkpoint, threads))
+        search = LocalSearch(encoder, HashIndex(index, bits=bits, checkpoint_fingerprint=model_fp))
+    items = ItemStore(manifest.get("datasets", []), only_ids=read_ids(index))
+    if read_manifest(index) != manifest:
+        raise IndexChanging(f"{index} changed while it was loaded")
+    return Served(checkpoint, index, model_fp, manifest_version(manifest), config,
+                  Vocabulary(config["vocabulary"]), search, items, info={
+                      "model": {"path": checkpoint, "fingerprint": model_fp, **config["model"]},
+                      "index": {"path": index, **manifest},
+                      "items": {"count": len(items), "load_s": round(items.load_s, 3)}})
+
+
+@serve.deployment(max_ongoing_requests=INGRESS_ONGOING, **HEALTH_CHECK)
 @serve.ingress(api)
 class SearchAPI:
     def __init__(self, encoder, shards: list, *, checkpoint: str, index: str,
                  checkpoint_fingerprint: str, token: str | None = None,
-                 limits: dict | None = None):
-        """encoder None: layout `ingress` (model and index loaded here)."""
+                 limits: dict | None = None, watch_s: float = WATCH_S):
+        """encoder None: layout `ingress` (model and index loaded here, kept up to
+        date with the index directory every `watch_s` seconds; 0: never)."""
         from hashgan_ray.model.checkpoint import read_config
 
-        self._waiting: list = []                   # (query, future) for the next batch
+        self._waiting: list = []                   # (served, query, future) for the next batch
         self._dispatcher: asyncio.Task | None = None
         self.token = token.encode() if token else None
         self.limits = Limits(**(limits or {}))
-        config = read_config(checkpoint)
-        self.vocab = Vocabulary(config["vocabulary"])
-        self.bits, self.image_size = config["model"]["bits"], config["model"]["image_size"]
-        manifest = read_manifest(index)
         self.layout = "ingress" if encoder is None else "split"
-        self.local = (LocalSearch(checkpoint, index, self.bits, checkpoint_fingerprint)
-                      if encoder is None else None)
-        self.remote = None if encoder is None else RemoteSearch(encoder, shards, self.bits)
-        self.items = ItemStore(manifest.get("datasets", []))
+        self.threads = replica_threads()
+        self.replica = serve.get_replica_context().replica_id.unique_id   # which one answered
+        self.search_thread = SearchThread(self.threads) if encoder is None else None
+        self.remote = None if encoder is None else RemoteSearch(
+            encoder, shards, read_config(checkpoint)["model"]["bits"])
+        self._seen = self._manifest_stat(index)    # before loading: a change after it is seen
+        follows = self.layout == "ingress" and watch_s > 0
+        try:
+            self.served = load_served(checkpoint, index, self.threads, remote=self.remote)
+        except IndexMismatch:
+            if not follows:
+                raise
+            # The index was rebuilt for another model since the app was built (the
+            # CLI's model swap): a replica started now (a lost one replaced, one
+            # more by autoscaling) serves what the others moved to, the model the
+            # index names, which must match it as well.
+            named = read_manifest(index)["checkpoint"]["path"]
+            log.info("%s names the model %s, which replaced %s", index, named, checkpoint)
+            self.served = load_served(named, index, self.threads)
+        if self.served.fingerprint != checkpoint_fingerprint and not follows:
+            raise IndexMismatch(f"{checkpoint}: its weights changed after the app was built")
         self._items_lock = threading.Lock()        # the store reads files from worker threads
-        self._thumbnails: OrderedDict = OrderedDict()
+        self._thumbnails: OrderedDict = OrderedDict()    # (fingerprint, version, id, size)
         self.page = {name: resources.files("hashgan_ray.serving").joinpath("static", name)
                      .read_bytes() for name in PAGE_FILES}
-        self.info = {"model": {"path": checkpoint, "fingerprint": checkpoint_fingerprint,
-                               **config["model"]},
-                     "index": {"path": index, **manifest},
-                     "items": {"count": len(self.items), "load_s": round(self.items.load_s, 3)},
-                     "layout": self.layout, "limits": asdict(self.limits)}
+        # Swaps: the watcher thread and reconfigure, one at a time.
+        self._swap_lock = threading.Lock()
+        self.update = {"state": "serving", "at": now(), "version": self.served.version,
+                       "error": None}
+        self._stop = threading.Event()
+        self._watcher = None
+        if self.layout == "ingress" and watch_s > 0:
+            self._watcher = threading.Thread(target=self._watch, args=(watch_s,),
+                                             name="hashgan-watch", daemon=True)
+            self._watcher.start()
+
+    def __del__(self):
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+
+    # -- live updates -----------------------------------------------------------
+    @staticmethod
+    def _manifest_stat(index: str):
+        """What changes when the manifest is replaced (a new directory, a new file)."""
+        try:
+            st = os.stat(Path(index) / "manifest.json")
+        except OSError:
+            return None                            # mid-swap: the directory is being renamed
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _watch(self, every: float) -> None:
+        """Load each new version of the served index directory as it appears."""
+        while not self._stop.wait(every):
+            served = self.served
+            seen = self._manifest_stat(served.index)
+            if seen is None or seen == self._seen:
+                continue
+            try:
+                manifest = read_manifest(served.index)
+            except (OSError, ValueError):
+                continue                           # being replaced: look again next time
+            changed_model = manifest["checkpoint"]["fingerprint"] != served.fingerprint
+            if manifest_version(manifest) == served.version and not changed_model:
+                self._seen = seen
+                continue
+            # a new version; with another model when the index was rebuilt for one
+            checkpoint = manifest["checkpoint"]["path"] if changed_model else served.checkpoint
+            if self._swap(checkpoint, served.index, "the index directory changed",
+                          retry_if_changing=True):
+                self._seen = seen
+
+    def _swap(self, checkpoint: str, index: str, why: str, *,
+              retry_if_changing: bool = False) -> bool:
+        """Load the pair and serve it from the next request on -> whether it is
+        now served. A pair that fails to load or match leaves the old one served."""
+        with self._swap_lock:
+            old = self.served
+            try:
+                new = load_served(checkpoint, index, self.threads, previous=old,
+                                  remote=self.remote)
+            except IndexChanging:
+                return not retry_if_changing      # the watcher looks again
+            except Exception as e:                # mismatched, half-written, unreadable
+                log.error("kept index version %d of %s: %s: %s", old.version, old.index,
+                          why, e)
+                self.update = {"state": "refused", "at": now(), "version": old.version,
+                               "error": f"{why}: {type(e).__name__}: {e}"}
+                return True                       # not retried until it changes again
+            self.served = new                     # one assignment: requests see old or new
+            self.update = {"state": "serving", "at": now(), "version": new.version,
+                           "error": None}
+            log.info("serving index version %d of %s (model %s...): %s", new.version,
+                     new.index, new.fingerprint[:12], why)
+            return True
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Serve's lightweight update (`user_config` in the config's SearchAPI entry):
+        {checkpoint, index} swaps to that pair in place, without a new replica."""
+        unknown = set(user_config or {}) - USER_CONFIG
+        if unknown or not user_config or set(user_config) != USER_CONFIG:
+            self.update = {"state": "refused", "at": now(), "version": self.served.version,
+                           "error": f"user_config needs exactly {sorted(USER_CONFIG)}, got "
+                                    f"{sorted(user_config or {})}"}
+            log.error("user_config refused: %s", self.update["error"])
+            return
+        checkpoint, index = (str(Path(user_config[k]).resolve()) for k in ("checkpoint", "index"))
+        if (checkpoint, index) == (self.served.checkpoint, self.served.index):
+            return
+        if self.layout == "split":
+            self.update = {"state": "refused", "at": now(), "version": self.served.version,
+                           "error": "layout split swaps models by a redeploy (changed args)"}
+            log.error("user_config refused: %s", self.update["error"])
+            return
+        for _ in range(3):                         # the directory may be mid-swap
+            if await asyncio.to_thread(self._swap, checkpoint, index, "user_config",
+                                       retry_if_changing=True):
+                break
+        self._seen = self._manifest_stat(self.served.index)
+
+    async def check_health(self) -> None:
+        """Serve's health check: the watcher runs, and the served index answers a
+        one-code search in the search thread. A replica whose index failed to
+        load never gets here: its constructor raised and Serve replaces it."""
+        if self._watcher is not None and not self._watcher.is_alive():
+            raise RuntimeError("the index watcher thread stopped")
+        if self.search_thread is not None:
+            await self.search_thread.run(self.served.search.probe)
 
     # -- endpoints ------------------------------------------------------------
     @api.get("/")
@@ -298,11 +493,11 @@ class SearchAPI:
 
     @api.get("/v1/healthz")
     async def healthz(self):
-        return {"status": "ok"}
+        return {"status": "ok", "index_version": self.served.version}
 
     @api.get("/v1/info")
     async def info(self, request: Request):
-        return await self._guarded(request, lambda: self._ok(self.info))
+        return await self._guarded(request, lambda: self._ok(self._info()))
 
     @api.post("/v1/search")
     async def search(self, request: Request):
@@ -344,6 +539,11 @@ class SearchAPI:
 
     async def _ok(self, payload):
         return payload
+
+    def _info(self) -> dict:
+        return {**self.served.info, "layout": self.layout, "limits": asdict(self.limits),
+                "live_updates": self._watcher is not None, "update": self.update,
+                "replica": self.replica}
 
     def _page_file(self, name: str) -> Response:
         return Response(self.page[name], media_type=PAGE_FILES[name],
@@ -392,10 +592,11 @@ class SearchAPI:
             raise BadRequest(400, f"the request body is not valid JSON: {e.msg} "
                                   f"(line {e.lineno}, column {e.colno})") from None
 
-    async def _parse(self, body, search: bool) -> Query:
+    async def _parse(self, served: Served, body, search: bool) -> Query:
         """Off the event loop where it decodes an image or reads the item store."""
-        parse = functools.partial(parse_query, body, self.vocab, self.image_size, self.limits,
-                                  search=search, bits=self.bits, items=self.items)
+        parse = functools.partial(parse_query, body, served.vocab, served.image_size,
+                                  self.limits, search=search, bits=served.bits,
+                                  items=served.items)
         given = {f for f in ("image", "image_of", "text_of")
                  if isinstance(body, dict) and body.get(f) is not None}
         if given & {"image_of", "text_of"}:
@@ -408,22 +609,24 @@ class SearchAPI:
             return fn(*args, **kwargs)
 
     async def _search_json(self, request: Request):
-        started = time.perf_counter()
-        query = await self._parse(await self._json(request), search=True)
-        return await self._answer(request, query, await self._batched(query), started)
+        started, served = time.perf_counter(), self.served
+        query = await self._parse(served, await self._json(request), search=True)
+        return await self._answer(request, served, query, await self._batched(served, query),
+                                  started)
 
     async def _search_upload(self, request: Request):
-        started = time.perf_counter()
+        started, served = time.perf_counter(), self.served
         form = await self._form(request)
         upload = form.get("file") or form.get("image")
         if not isinstance(upload, UploadFile):
             raise BadRequest(400, "upload the image as a multipart file field named 'file'")
         data = await upload.read()
-        query = Query("image", image=await asyncio.to_thread(load_image, data, self.image_size,
-                                                             self.limits))
+        query = Query("image", image=await asyncio.to_thread(load_image, data,
+                                                             served.image_size, self.limits))
         search_options(query, {k: form.get(k) for k in ("target", "k", "radius", "include")},
-                       self.limits, self.bits, form=True)
-        return await self._answer(request, query, await self._batched(query), started)
+                       self.limits, served.bits, form=True)
+        return await self._answer(request, served, query, await self._batched(served, query),
+                                  started)
 
     async def _form(self, request: Request):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -440,15 +643,17 @@ class SearchAPI:
             raise BadRequest(400, f"the multipart body is malformed: {e.message}") from None
 
     async def _encode_json(self, request: Request):
-        query = await self._parse(await self._json(request), search=False)
-        if self.local is not None:
-            code = (await self.local.run(self.local.encode, [query]))[0]
+        served = self.served
+        query = await self._parse(served, await self._json(request), search=False)
+        if self.search_thread is not None:
+            code = (await self.search_thread.run(served.search.encode, [query]))[0]
         else:
             code = (await self.remote.encode([query]))[0]
-        return {"code": code.tobytes().hex(), "bits": self.bits, "modality": query.modality,
+        return {"code": code.tobytes().hex(), "bits": served.bits, "modality": query.modality,
                 "unknown_words": query.unknown_words}
 
-    async def _answer(self, request: Request, query: Query, found, started: float):
+    async def _answer(self, request: Request, served: Served, query: Query, found,
+                      started: float):
         D, I = found
         keep = I >= 0                                      # approximate kinds may find fewer
         if query.radius is not None:
@@ -456,25 +661,27 @@ class SearchAPI:
         results = [{"id": int(i), "distance": int(d)}
                    for d, i in zip(D[keep][:query.k], I[keep][:query.k])]
         if query.include:
-            await asyncio.to_thread(self._with_items, self._add_items, results, query.include,
-                                    request.scope.get("root_path", ""))
-        return {"results": results, "bits": self.bits, "target": query.target,
+            await asyncio.to_thread(self._with_items, self._add_items, served, results,
+                                    query.include, request.scope.get("root_path", ""))
+        return {"results": results, "bits": served.bits, "target": query.target,
                 "took_ms": round((time.perf_counter() - started) * 1000, 3),
                 "unknown_words": query.unknown_words}
 
-    def _item(self, i: int, root: str) -> dict:
+    @staticmethod
+    def _item(served: Served, i: int, root: str) -> dict:
         """The item's JSON; `name` and `emoji` only where its dataset has them."""
-        item = self.items.get(i)
+        item = served.items.get(i)
         named = {k: v for k in OPTIONAL_COLUMNS if (v := getattr(item, k)) is not None}
         return {"id": i, **named, "labels": item.labels, "words": item.words,
                 "image": f"{root}/v1/items/{i}/image"}
 
-    def _add_items(self, results: list[dict], include: tuple[str, ...], root: str) -> None:
+    def _add_items(self, served: Served, results: list[dict], include: tuple[str, ...],
+                   root: str) -> None:
         """Each result gets the `include` fields of its item (null where the item's
         dataset is not reachable)."""
         for r in results:
             try:
-                item = self._item(r["id"], root)
+                item = self._item(served, r["id"], root)
             except ItemNotFound:
                 item = {}
             r.update({name: item.get(name) for name in include})
@@ -482,26 +689,27 @@ class SearchAPI:
     async def _item_json(self, request: Request, item: str):
         i = item_id(item)
         try:
-            return await asyncio.to_thread(self._with_items, self._item, i,
+            return await asyncio.to_thread(self._with_items, self._item, self.served, i,
                                            request.scope.get("root_path", ""))
         except ItemNotFound as e:
             raise BadRequest(404, str(e)) from None
 
     async def _item_image(self, request: Request, item: str):
         i, size = item_id(item), thumbnail_size(request.query_params.get("size"))
-        key = (i, size)
+        served = self.served
+        key = (served.fingerprint, served.version, i, size)
         data = self._thumbnails.get(key)
         if data is None:
-            data = await asyncio.to_thread(self._make_thumbnail, i, size)
+            data = await asyncio.to_thread(self._make_thumbnail, served, i, size)
             self._thumbnails[key] = data
             if len(self._thumbnails) > THUMBNAILS_CACHED:
                 self._thumbnails.popitem(last=False)
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
 
-    def _make_thumbnail(self, i: int, size: int) -> bytes:
+    def _make_thumbnail(self, served: Served, i: int, size: int) -> bytes:
         try:
-            data = self._with_items(self.items.image_bytes, i)
+            data = self._with_items(served.items.image_bytes, i)
         except ItemNotFound as e:
             raise BadRequest(404, str(e)) from None
         try:
@@ -511,10 +719,11 @@ class SearchAPI:
                                   f"({type(e).__name__})") from None
 
     # -- batched work ----------------------------------------------------------
-    async def _batched(self, query: Query):
-        """The query's (distances, ids), searched in a batch with whatever else waits."""
+    async def _batched(self, served: Served, query: Query):
+        """The query's (distances, ids) in `served`, searched in a batch with whatever
+        else waits for the same Served."""
         found = asyncio.get_running_loop().create_future()
-        self._waiting.append((query, found))
+        self._waiting.append((served, query, found))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch())
         return await found
@@ -522,12 +731,16 @@ class SearchAPI:
     async def _dispatch(self):
         """Search the waiting queries batch after batch until none is left."""
         while self._waiting:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            served = self._waiting[0][0]
+            # the queries of one Served: across a swap, the old one's go first
+            n = next((i for i, w in enumerate(self._waiting[:MAX_BATCH]) if w[0] is not served),
+                     min(MAX_BATCH, len(self._waiting)))
+            batch, self._waiting = self._waiting[:n], self._waiting[n:]
             try:
-                results = await self._search([q for q, _ in batch])
+                results = await self._search(served, [q for _, q, _ in batch])
             except Exception as e:                    # each caller gets the error
                 results = [e] * len(batch)
-            for (_, found), result in zip(batch, results):
+            for (_, _, found), result in zip(batch, results):
                 if found.done():                      # its request timed out meanwhile
                     continue
                 if isinstance(result, Exception):
@@ -535,14 +748,16 @@ class SearchAPI:
                 else:
                     found.set_result(result)
 
-    async def _search(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
-        if self.local is not None:                    # torch and FAISS release the GIL
-            return await self.local.run(self.local, queries)
+    async def _search(self, served: Served,
+                      queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.search_thread is not None:            # torch and FAISS release the GIL
+            return await self.search_thread.run(served.search, queries)
         return await self.remote(queries)
 
 
 def application(checkpoint, index, *, layout: str = "auto", limits: dict | None = None,
-                token: str | None = None, options: dict | None = None) -> serve.Application:
+                token: str | None = None, options: dict | None = None,
+                watch_s: float = WATCH_S) -> serve.Application:
     """The search application in Python (the CLI, tests, benchmarks). `options`:
     {deployment name: Serve deployment options}, as the config's `deployments:`
     would set them (names: SearchAPI; with layout split also QueryEncoder and
@@ -573,7 +788,7 @@ def application(checkpoint, index, *, layout: str = "auto", limits: dict | None 
         api_cpus = 0.25
     app = SearchAPI.options(**opts("SearchAPI", ray_actor_options={"num_cpus": api_cpus})).bind(
         encoder, handles, checkpoint=checkpoint, index=index, checkpoint_fingerprint=model_fp,
-        token=token, limits=limits)
+        token=token, limits=limits, watch_s=watch_s)
     if options:
         raise ValueError(f"options for deployments this layout ({layout}) does not have: "
                          f"{', '.join(sorted(options))}")
@@ -605,7 +820,8 @@ def read_token(token_file: str | None) -> str | None:
 def build_app(args: dict) -> serve.Application:
     """The application builder of serve/config.yaml (`import_path:
     hashgan_ray.serving.app:build_app`). args: checkpoint, index (paths); optional
-    layout (auto | ingress | split), limits (Limits fields), token_file. Where
+    layout (auto | ingress | split), limits (Limits fields), token_file, watch_s
+    (how often a replica looks for a new index version; 0: never). Where
     Serve builds it (the cluster, for `serve deploy`), the token is read from
     token_file or from HASHGAN_API_TOKEN (set it in the application's
     `runtime_env.env_vars`)."""
@@ -614,4 +830,5 @@ def build_app(args: dict) -> serve.Application:
         raise ValueError(f"unknown application args: {', '.join(sorted(unknown))} (replicas "
                          "and resources go in the config's `deployments:` section)")
     return application(args["checkpoint"], args["index"], layout=args.get("layout", "auto"),
-                       limits=args.get("limits"), token=read_token(args.get("token_file")))
+                       limits=args.get("limits"), token=read_token(args.get("token_file")),
+                       watch_s=float(args.get("watch_s", WATCH_S)))

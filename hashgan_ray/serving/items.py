@@ -6,8 +6,8 @@ In memory only the map id -> row, 12 bytes per item (sorted ids int64 + the row
 int32); the rest stays in the datasets' Parquet files and is read one row group
 at a time when asked for (text and labels of recent row groups are cached).
 The items are the rows of the splits listed in the index's manifest
-(`datasets`), so after `hashgan-ray index add` the restarted service shows
-the added pairs with their codes. A dataset that is no longer where the index
+(`datasets`) whose ids the index holds (`only_ids`): pairs added with `index
+add` are items once the service loads that version, and removed ones are not. A dataset that is no longer where the index
 recorded it is skipped with a warning: search still works, its items are 404.
 """
 from __future__ import annotations
@@ -55,9 +55,10 @@ class _File:
 
 
 class ItemStore:
-    """Items of an index, by dataset id (manifest["datasets"] entries: path, split)."""
+    """Items of an index, by dataset id (manifest["datasets"] entries: path, split),
+    only those in `only_ids` when given (the ids the index holds)."""
 
-    def __init__(self, datasets: list[dict]):
+    def __init__(self, datasets: list[dict], only_ids: np.ndarray | None = None):
         started = time.perf_counter()
         self.metas, self.files, self.paths = [], [], []
         ids, rows, file_starts, total = [], [], [0], 0
@@ -88,10 +89,13 @@ class ItemStore:
                 file_starts.append(total)
                 del table
         ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        if only_ids is not None:                                    # removed from the index
+            held = np.isin(ids, only_ids)
+            ids, rows = ids[held], rows[held]
         order = np.argsort(ids, kind="stable")
         self.ids = ids[order]                                       # (n,) int64, sorted
         del ids
-        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
         self.rows = rows[order].astype(np.int32 if total < 2**31 else np.int64)
         del rows, order
         self.file_starts = np.asarray(file_starts, np.int64)        # (files + 1,)

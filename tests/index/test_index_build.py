@@ -80,6 +80,15 @@ def test_add_then_search_finds_the_new_ids_and_duplicates_are_refused(
     D, I = store.HashIndex(index).search(codes.text[-24:], "image", 240)
     assert set(new_ids) <= set(I.ravel().tolist())
     assert (I[:, 0] >= 0).all()
+    assert "version 2" in capsys.readouterr().out
+
+    # and out again: the CLI's remove, no Ray needed
+    assert main(["index", "remove", "--index", str(index), "--ids",
+                 *map(str, new_ids)]) == 0
+    assert "removed 24 pairs" in capsys.readouterr().out
+    m = store.read_manifest(index)
+    assert m["count"] == 216 and m["version"] == 3
+    assert not set(new_ids) & set(store.read_ids(index).tolist())
 
 
 def test_a_crash_in_the_middle_of_a_build_leaves_the_previous_index(

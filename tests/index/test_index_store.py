@@ -123,6 +123,55 @@ def test_add_appends_to_the_last_shard_and_refuses_duplicates(tmp_path):
     assert store.read_manifest(tmp_path / "ix")["count"] == 260
 
 
+def test_remove_rebuilds_only_the_shards_that_held_the_ids(tmp_path):
+    codes = random_codes(200, 16, 0)
+    store.write_index(tmp_path / "ix", writer_of(codes), bits=16, kind="flat", shards=2,
+                      manifest_fields=fields())
+    shard0 = (tmp_path / "ix" / store.shard_file(0, "image")).stat().st_ino
+    gone = codes.ids[[100, 150, 199]]                               # all in shard 1
+    m = store.remove_from_index(tmp_path / "ix", gone[::-1])
+    assert m["count"] == 197 and [s["rows"] for s in m["shards"]] == [100, 97]
+    assert (tmp_path / "ix" / store.shard_file(0, "image")).stat().st_ino == shard0  # linked
+    left = store.read_codes(tmp_path / "ix")
+    keep = ~np.isin(codes.ids, gone)
+    assert (left.ids == codes.ids[keep]).all() and (left.text == codes.text[keep]).all()
+    assert (store.read_ids(tmp_path / "ix") == left.ids).all()
+    D, I = store.HashIndex(tmp_path / "ix").search(codes.text[:7], "image", 197)
+    bD, bI = brute_force(codes.text[:7], left.image, left.ids, 197)   # database order kept
+    assert (I == bI).all() and (D == bD).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]       # nothing left behind
+
+
+def test_a_refused_removal_changes_nothing(tmp_path):
+    codes = random_codes(40, 16, 0)
+    store.write_index(tmp_path / "ix", writer_of(codes), bits=16, kind="flat", shards=2,
+                      manifest_fields=fields())
+    before = (tmp_path / "ix" / "manifest.json").read_text()
+    with pytest.raises(ValueError, match=r"2 id\(s\) not in the index: 1, 7; nothing"):
+        store.remove_from_index(tmp_path / "ix", [codes.ids[0], 1, 7])
+    with pytest.raises(ValueError, match="leave shard 1 empty"):
+        store.remove_from_index(tmp_path / "ix", codes.ids[20:])
+    with pytest.raises(ValueError, match="no ids"):
+        store.remove_from_index(tmp_path / "ix", [])
+    assert (tmp_path / "ix" / "manifest.json").read_text() == before
+    assert len(store.read_codes(tmp_path / "ix")) == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+
+
+def test_each_change_is_a_new_version(tmp_path):
+    """add, remove and a build over the directory each give the next version: what
+    a running service watches for (hashgan_ray.serving.app)."""
+    codes, more = random_codes(50, 16, 0), random_codes(10, 16, 1, first_id=10_000)
+    write = dict(bits=16, kind="flat", shards=1, manifest_fields=fields())
+    assert store.write_index(tmp_path / "ix", writer_of(codes), **write)["version"] == 1
+    assert store.add_to_index(tmp_path / "ix", writer_of(more),
+                              dataset={"path": "more"})["version"] == 2
+    assert store.remove_from_index(tmp_path / "ix", more.ids[:2])["version"] == 3
+    m = store.write_index(tmp_path / "ix", writer_of(codes), overwrite=True, **write)
+    assert m["version"] == 4 and store.manifest_version(store.read_manifest(tmp_path / "ix")) == 4
+    assert store.write_index(tmp_path / "new", writer_of(codes), **write)["version"] == 1
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "multihash"])
 def test_approximate_kinds_report_recall(tmp_path, kind):
     codes = random_codes(2000, 32, seed=2)

@@ -13,6 +13,8 @@ from helpers import free_port, listener_of, write_exact_index
 
 httpx = pytest.importorskip("httpx")
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from serve_ops import SteadyLoad  # noqa: E402
 
 
 @pytest.mark.parametrize("ingress,stop_signal,listener", [
@@ -22,7 +24,8 @@ def test_serve_stays_up_until_interrupted_then_stops_cleanly(synth_data, tiny_mo
                                                              ingress, stop_signal, listener):
     """Either ingress; the stop ends within Serve's own limits (no "Controller
     failed to shut down within 30.0s": ingress.DRAIN_SECONDS) and leaves nothing
-    listening, and HAProxy's files of the service are removed."""
+    listening, and HAProxy's files of the service are removed. Under load from two
+    clients, every request sent before the signal is answered."""
     index = write_exact_index(tmp_path / "index", tiny_model, synth_data)
     port = free_port()
     env = {k: v for k, v in os.environ.items()
@@ -49,8 +52,15 @@ def test_serve_stays_up_until_interrupted_then_stops_cleanly(synth_data, tiny_mo
         r = httpx.post(f"{url}/v1/search", json={"text": ["sky", "sea"], "k": 3}, timeout=60)
         assert r.status_code == 200 and len(r.json()["results"]) == 3
         assert listener_of(port) == listener
-        proc.send_signal(stop_signal)
-        out, _ = proc.communicate(timeout=120)
+        with SteadyLoad(f"{url}/v1/search", {"text": ["sky", "sea"], "k": 3},
+                        clients=2) as load:
+            time.sleep(2)
+            signalled = time.monotonic()
+            proc.send_signal(stop_signal)
+            out, _ = proc.communicate(timeout=120)
+        before = load.between(0, signalled)
+        assert before and load.failed(0, signalled) == 0, \
+            f"{load.failed(0, signalled)} of {len(before)} requests sent before the signal failed"
         assert proc.returncode == 0, out
         assert f"serving on http://127.0.0.1:{port}/v1" in out and "stopping" in out
         assert "failed to shut down" not in out, out
@@ -82,7 +92,8 @@ def test_the_serve_config_is_valid_and_listens_on_loopback():
 def test_serve_builds_the_application_from_the_config_file(local_ray, synth_data, tiny_model,
                                                            tmp_path, monkeypatch):
     """serve/config.yaml, with this test's paths and port, a token in
-    runtime_env.env_vars and two ingress replicas in `deployments:`, run through
+    runtime_env.env_vars and its autoscaling_config (with a floor of two ingress
+    replicas) in `deployments:`, run through
     Serve's own `serve run` (in this process, on the test's Ray): the
     controller builds it in a task, as it does for `serve deploy`."""
     from click.testing import CliRunner
@@ -97,8 +108,10 @@ def test_serve_builds_the_application_from_the_config_file(local_ray, synth_data
     (app,) = config["applications"]
     app["args"].update(checkpoint=str(tiny_model), index=str(index))
     app["runtime_env"] = {"env_vars": {"HASHGAN_API_TOKEN": "from-the-config"}}
-    app["deployments"] = [{"name": "SearchAPI", "num_replicas": 2,
-                           "ray_actor_options": {"num_cpus": 0.5}}]
+    (search_api,) = app["deployments"]
+    assert "num_replicas" not in search_api              # the config's autoscaling decides
+    search_api["ray_actor_options"]["num_cpus"] = 0.5
+    search_api["autoscaling_config"]["min_replicas"] = 2   # its floor, applied by Serve
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     try:
