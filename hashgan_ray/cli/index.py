@@ -256,7 +256,10 @@ def add_serve_command(commands) -> None:
                     "text or by an indexed item, /v1/search/image by an uploaded image; "
                     "docs/serving.md) and a search page at /. It refuses an index built with another model before starting "
                     "anything, listens on 127.0.0.1 unless told otherwise, needs a bearer token "
-                    "when HASHGAN_API_TOKEN is set, and runs until Ctrl-C or SIGTERM.",
+                    "when HASHGAN_API_TOKEN is set, and runs until Ctrl-C or SIGTERM, which "
+                    "answers the requests already accepted first. It follows its index: a new "
+                    "version (index add, index remove, index build --overwrite, which may name "
+                    "a new model) is served within seconds, without a restart.",
         examples=["hashgan-ray serve --checkpoint runs/synth/model --index index/synth",
                   "curl -s localhost:8000/v1/search -d '{\"text\": \"sky clouds sunset\", \"k\": 3}'",
                   "curl -s localhost:8000/v1/search/image -F file=@photo.jpg -F k=5 -F target=text"])

@@ -1,8 +1,9 @@
-"""The service while its index and model change, behind HAProxy, under steady
-load from four clients: added and removed pairs go live without a restart, a
-failed or half-written version leaves the old one served, a new model goes
-live through Serve's config (user_config) and through a rebuilt index, and a
-mismatched pair is refused. No request may fail across any of it.
+"""The service while its world changes, behind HAProxy, under steady load from
+four clients: added and removed pairs go live without a restart, a failed or
+half-written version leaves the old one served, a new model goes live through
+Serve's config (user_config) and through a rebuilt index, and a mismatched pair
+is refused; no request may fail across any of it. A SIGKILLed replica of two
+costs only the requests it held, and Serve brings the count back to two.
 
 One service for the module, deployed as `serve deploy` does (the config's
 application, built on the cluster by build_app), with two ingress replicas;
@@ -231,3 +232,31 @@ def test_a_replica_started_after_a_model_swap_serves_the_new_model(service, link
                     i["model"]["fingerprint"] == fingerprint(other), "replaced, with model b")
     finally:
         serve.delete("second")
+
+
+def test_a_killed_replica_costs_only_what_it_held_and_is_replaced(service, linked_index):
+    from ray import serve
+
+    url, _ = service
+    before = replica_pids(os.getpid())
+    assert len(before) == 2
+    with load(url, served_item(linked_index)) as steady:
+        time.sleep(3)
+        victim = min(before)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while True:          # two live replicas again, one of them new
+            now = replica_pids(os.getpid())
+            status = serve.status().applications["hashgan"].deployments["SearchAPI"]
+            if len(now) == 2 and victim not in now and \
+                    status.replica_states.get("RUNNING") == 2:
+                break
+            assert time.monotonic() < deadline, (now, status)
+            time.sleep(0.5)
+        time.sleep(3)
+    failed, after = steady.failed(), steady.between(killed_at, float("inf"))
+    print(f"{failed} of {len(steady.outcomes)} requests failed, {len(after)} sent after the kill")
+    # each client has one request in flight: the victim held at most CLIENTS of them
+    assert failed <= CLIENTS, f"{failed} of {len(steady.outcomes)} requests failed"
+    assert len(after) > failed and [s for *_, s in after[-CLIENTS:]] == [200] * CLIENTS
