@@ -29,8 +29,8 @@ import torch  # noqa: E402
 from hashgan_ray.data.format import read_meta  # noqa: E402
 from hashgan_ray.data.loading import iter_batches  # noqa: E402
 from hashgan_ray.data.synth import generate  # noqa: E402
-from hashgan_ray.model.encode import encode_arrays  # noqa: E402
 from hashgan_ray.model.checkpoint import load_model, write_model_files  # noqa: E402
+from hashgan_ray.model.encode import encode_arrays  # noqa: E402
 from hashgan_ray.model.hashgan import HashGAN  # noqa: E402
 
 

@@ -32,9 +32,9 @@ from hashgan_ray.config import TrainConfig  # noqa: E402
 from hashgan_ray.data.synth import generate  # noqa: E402
 from hashgan_ray.evaluation import metrics  # noqa: E402
 from hashgan_ray.evaluation.evaluate import retrieval_map  # noqa: E402
-from hashgan_ray.model.encode import encode_split  # noqa: E402
 from hashgan_ray.experiment.report import mean_se  # noqa: E402
 from hashgan_ray.model.checkpoint import load_model  # noqa: E402
+from hashgan_ray.model.encode import encode_split  # noqa: E402
 
 
 def fmt(values: list[float]) -> str:

@@ -17,9 +17,9 @@ import torch
 from hashgan_ray.data.format import DataError, dataset_fingerprint, read_meta, read_pairs
 from hashgan_ray.data.loading import BatchSpec
 from hashgan_ray.data.ray_data import read_split
-from hashgan_ray.model.encode import encode_arrays
 from hashgan_ray.index import store
 from hashgan_ray.model.checkpoint import fingerprint, load_model, read_config
+from hashgan_ray.model.encode import encode_arrays
 
 log = logging.getLogger(__name__)
 

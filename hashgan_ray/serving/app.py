@@ -56,8 +56,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from hashgan_ray.data.format import OPTIONAL_COLUMNS
-from hashgan_ray.index.store import (TARGETS, IndexMismatch, check_manifest, manifest_version, merge, now,
-                                     open_shard, read_ids, read_manifest)
+from hashgan_ray.index.store import (MANIFEST, TARGETS, IndexMismatch, check_manifest,
+                                     manifest_version, merge, now, open_shard, read_ids,
+                                     read_manifest)
 from hashgan_ray.serving.items import ItemNotFound, ItemStore, thumbnail
 from hashgan_ray.serving.query import (BadRequest, Limits, Query, Vocabulary, item_id, load_image,
                                        parse_query, search_options, thumbnail_size)
@@ -397,7 +398,7 @@ class SearchAPI:
     def _manifest_stat(index: str):
         """What changes when the manifest is replaced (a new directory, a new file)."""
         try:
-            st = os.stat(Path(index) / "manifest.json")
+            st = os.stat(Path(index) / MANIFEST)
         except OSError:
             return None                            # mid-swap: the directory is being renamed
         return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -31,9 +31,9 @@ from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.data.ray_data import read_split
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
 from hashgan_ray.evaluation.evaluate import retrieval_map, sample_ids
-from hashgan_ray.model.encode import encode_split
 from hashgan_ray.model.backbones import pretrained_path
 from hashgan_ray.model.checkpoint import TRAIN_STATE, WEIGHTS, export_model, write_model_files
+from hashgan_ray.model.encode import encode_split
 from hashgan_ray.output import ray_log_level
 from hashgan_ray.train.methods import build_model, build_trainer, no_all_reduce, trainer_class
 

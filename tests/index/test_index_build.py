@@ -7,10 +7,10 @@ from helpers import write_tiny_model
 
 from hashgan_ray.cli import main
 from hashgan_ray.data.format import DataError, DatasetWriter, read_meta, read_pairs
-from hashgan_ray.model.encode import encode_split
 from hashgan_ray.evaluation.metrics import hamming_distances
 from hashgan_ray.index import build, store
 from hashgan_ray.model.checkpoint import fingerprint, load_model
+from hashgan_ray.model.encode import encode_split
 
 
 def copy_dataset(src, out, *, id_offset=0, corrupt_row=None):

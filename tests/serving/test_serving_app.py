@@ -14,9 +14,9 @@ from PIL import Image
 
 from hashgan_ray.cli import main
 from hashgan_ray.data.format import read_meta, read_pairs
-from hashgan_ray.model.encode import encode_split
 from hashgan_ray.index import store
 from hashgan_ray.model.checkpoint import fingerprint, load_model
+from hashgan_ray.model.encode import encode_split
 
 httpx = pytest.importorskip("httpx")
 TOKEN = "test-token-7f3a"
