@@ -9,10 +9,13 @@ import re
 from pathlib import Path
 
 ROOT = Path("/tmp/ray")
-FILES = ("raylet.out", "gcs_server.out", "python-core-driver-*.log")
-# Ray's C++ log lines: "[time E pid tid] ..." (errors, fatals) and its last words
+FILES = ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err",
+         "python-core-driver-*.log")
+# Ray's C++ log lines: "[time E pid tid] ..." (errors, fatals) and its last words,
+# among them a fatal signal ("*** SIGBUS received ...": /dev/shm full, for one)
 SERIOUS = re.compile(r"^\[[^]]* [EF] \d+ \d+\]|Exiting because|marked dead|Check failed|"
-                     r"QuickExit|SIGSEGV|SIGABRT|out of memory", re.I)
+                     r"QuickExit|\*\*\* SIG|SIGSEGV|SIGABRT|SIGBUS|Bus error|out of memory",
+                     re.I)
 
 
 def main() -> None:
