@@ -44,12 +44,20 @@ def deploy(port: int, checkpoint, index, user_config: dict | None = None) -> Non
                   "ray_actor_options": {"num_cpus": 0.5}}
     if user_config is not None:
         search_api["user_config"] = user_config
+    from ray import serve
+
     _get_global_client().deploy_apps(ServeDeploySchema(
         http_options={"host": "127.0.0.1", "port": port},
         applications=[{"name": "hashgan", "route_prefix": "/",
                        "import_path": "hashgan_ray.serving.app:build_app",
                        "args": {"checkpoint": str(checkpoint), "index": str(index)},
-                       "deployments": [search_api]}]), _blocking=True)
+                       "deployments": [search_api]}]))
+    deadline = time.monotonic() + 240          # Serve's own wait gives up after 60 s
+    while (status := serve.status().applications.get("hashgan")) is None or \
+            status.status != "RUNNING":
+        assert status is None or status.status != "DEPLOY_FAILED", status
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +268,28 @@ def test_a_killed_replica_costs_only_what_it_held_and_is_replaced(service, linke
     # each client has one request in flight: the victim held at most CLIENTS of them
     assert failed <= CLIENTS, f"{failed} of {len(steady.outcomes)} requests failed"
     assert len(after) > failed and [s for *_, s in after[-CLIENTS:]] == [200] * CLIENTS
+
+
+def test_a_replica_whose_index_does_not_load_is_never_served(service, linked_model,
+                                                              linked_index, tmp_path):
+    """Its constructor raises: Serve never routes to it and reports the deployment
+    failed, instead of a replica that answers with errors."""
+    from ray import serve
+
+    from hashgan_ray.serving.app import application
+
+    url, _ = service
+    index = tmp_path / "index"
+    shutil.copytree(linked_index, index)
+    shard = index / store.shard_file(0, "text")
+    shard.write_bytes(shard.read_bytes()[:100])          # the manifest still matches
+    try:
+        with pytest.raises(RuntimeError, match="Deploying application broken failed"):
+            serve.run(application(linked_model, index, options={"SearchAPI": {
+                "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
+                "max_constructor_retry_count": 1}}), name="broken", route_prefix="/broken")
+        assert serve.status().applications["broken"].status == "DEPLOY_FAILED"
+        r = httpx.get(f"{url}/broken/v1/healthz", timeout=30)
+        assert r.status_code != 200
+    finally:
+        serve.delete("broken")
