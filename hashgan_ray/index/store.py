@@ -384,7 +384,7 @@ def write_index(out_dir, codes_writer_fn, *, bits: int, kind: str, shards: int,
     return manifest
 
 
-def _next_version(index_dir: Path, change) -> dict:
+def _write_next_version(index_dir: Path, change) -> dict:
     """Write the next version of an index directory, atomically: `change(tmp,
     manifest)` edits a copy whose files are hard links to the current ones (a
     file it rewrites must be unlinked first, never written into) and the
@@ -436,7 +436,7 @@ def add_to_index(index_dir, codes_writer_fn, *, dataset: dict) -> dict:
         manifest["datasets"].append(dataset)
         log.info("adding %d codes to %s", len(new), index_dir)
 
-    manifest = _next_version(index_dir, append)
+    manifest = _write_next_version(index_dir, append)
     log.info("%s: version %d, %d codes", index_dir, manifest["version"], manifest["count"])
     return manifest
 
@@ -482,7 +482,7 @@ def remove_from_index(index_dir, ids) -> dict:
         manifest["codes"] = writer.files
         log.info("removing %d codes from %s", len(ids), index_dir)
 
-    manifest = _next_version(index_dir, drop)
+    manifest = _write_next_version(index_dir, drop)
     log.info("%s: version %d, %d codes", index_dir, manifest["version"], manifest["count"])
     return manifest
 

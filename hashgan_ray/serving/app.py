@@ -70,8 +70,6 @@ APP_ARGS = {"checkpoint", "index", "layout", "limits", "token_file", "watch_s"}
 USER_CONFIG = {"checkpoint", "index"}     # SearchAPI's user_config: the pair to serve
 # How often a replica looks at its index's manifest (one stat() when unchanged).
 WATCH_S = 1.0
-# Serve's health check of the ingress (Serve's defaults: every 10 s, 30 s to answer).
-HEALTH_CHECK = {"health_check_period_s": 10.0, "health_check_timeout_s": 30.0}
 # Serve queues what exceeds a replica's max_ongoing_requests in the proxy, where
 # it cannot be batched: let the ingress hold many, it only awaits.
 INGRESS_ONGOING, BACKEND_ONGOING = 256, 64
@@ -338,7 +336,7 @@ def load_served(checkpoint: str, index: str, threads: int, *,
                       "items": {"count": len(items), "load_s": round(items.load_s, 3)}})
 
 
-@serve.deployment(max_ongoing_requests=INGRESS_ONGOING, **HEALTH_CHECK)
+@serve.deployment(max_ongoing_requests=INGRESS_ONGOING)
 @serve.ingress(api)
 class SearchAPI:
     def __init__(self, encoder, shards: list, *, checkpoint: str, index: str,
@@ -360,18 +358,16 @@ class SearchAPI:
             encoder, shards, read_config(checkpoint)["model"]["bits"])
         self._seen = self._manifest_stat(index)    # before loading: a change after it is seen
         follows = self.layout == "ingress" and watch_s > 0
-        try:
-            self.served = load_served(checkpoint, index, self.threads, remote=self.remote)
-        except IndexMismatch:
-            if not follows:
-                raise
+        named = read_manifest(index)["checkpoint"]
+        if follows and named["fingerprint"] != checkpoint_fingerprint:
             # The index was rebuilt for another model since the app was built (the
             # CLI's model swap): a replica started now (a lost one replaced, one
             # more by autoscaling) serves what the others moved to, the model the
-            # index names, which must match it as well.
-            named = read_manifest(index)["checkpoint"]["path"]
-            log.info("%s names the model %s, which replaced %s", index, named, checkpoint)
-            self.served = load_served(named, index, self.threads)
+            # index names (load_served checks that they match).
+            log.info("%s names the model %s, which replaced %s", index, named["path"],
+                     checkpoint)
+            checkpoint = named["path"]
+        self.served = load_served(checkpoint, index, self.threads, remote=self.remote)
         if self.served.fingerprint != checkpoint_fingerprint and not follows:
             raise IndexMismatch(f"{checkpoint}: its weights changed after the app was built")
         self._items_lock = threading.Lock()        # the store reads files from worker threads
@@ -420,27 +416,26 @@ class SearchAPI:
                 continue
             # a new version; with another model when the index was rebuilt for one
             checkpoint = manifest["checkpoint"]["path"] if changed_model else served.checkpoint
-            if self._swap(checkpoint, served.index, "the index directory changed",
-                          retry_if_changing=True):
+            if self._swap(checkpoint, served.index, "the index directory changed"):
                 self._seen = seen
 
-    def _swap(self, checkpoint: str, index: str, why: str, *,
-              retry_if_changing: bool = False) -> bool:
-        """Load the pair and serve it from the next request on -> whether it is
-        now served. A pair that fails to load or match leaves the old one served."""
+    def _swap(self, checkpoint: str, index: str, why: str) -> bool:
+        """Load the pair and serve it from the next request on -> False only when
+        the directory changed meanwhile (worth trying again). A pair that fails
+        to load or match is refused: the old one stays served."""
         with self._swap_lock:
             old = self.served
             try:
                 new = load_served(checkpoint, index, self.threads, previous=old,
                                   remote=self.remote)
             except IndexChanging:
-                return not retry_if_changing      # the watcher looks again
+                return False
             except Exception as e:                # mismatched, half-written, unreadable
                 log.error("kept index version %d of %s: %s: %s", old.version, old.index,
                           why, e)
                 self.update = {"state": "refused", "at": now(), "version": old.version,
                                "error": f"{why}: {type(e).__name__}: {e}"}
-                return True                       # not retried until it changes again
+                return True                       # not tried again until it changes
             self.served = new                     # one assignment: requests see old or new
             self.update = {"state": "serving", "at": now(), "version": new.version,
                            "error": None}
@@ -451,8 +446,7 @@ class SearchAPI:
     async def reconfigure(self, user_config: dict) -> None:
         """Serve's lightweight update (`user_config` in the config's SearchAPI entry):
         {checkpoint, index} swaps to that pair in place, without a new replica."""
-        unknown = set(user_config or {}) - USER_CONFIG
-        if unknown or not user_config or set(user_config) != USER_CONFIG:
+        if set(user_config or {}) != USER_CONFIG:
             self.update = {"state": "refused", "at": now(), "version": self.served.version,
                            "error": f"user_config needs exactly {sorted(USER_CONFIG)}, got "
                                     f"{sorted(user_config or {})}"}
@@ -467,8 +461,7 @@ class SearchAPI:
             log.error("user_config refused: %s", self.update["error"])
             return
         for _ in range(3):                         # the directory may be mid-swap
-            if await asyncio.to_thread(self._swap, checkpoint, index, "user_config",
-                                       retry_if_changing=True):
+            if await asyncio.to_thread(self._swap, checkpoint, index, "user_config"):
                 break
         self._seen = self._manifest_stat(self.served.index)
 

@@ -12,7 +12,7 @@ ROOT = Path("/tmp/ray")
 FILES = ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err",
          "python-core-driver-*.log")
 # Ray's C++ log lines: "[time E pid tid] ..." (errors, fatals) and its last words,
-# among them a fatal signal ("*** SIGBUS received ...": /dev/shm full, for one)
+# among them a fatal signal ("*** SIGSEGV received at time=...")
 SERIOUS = re.compile(r"^\[[^]]* [EF] \d+ \d+\]|Exiting because|marked dead|Check failed|"
                      r"QuickExit|\*\*\* SIG|SIGSEGV|SIGABRT|SIGBUS|Bus error|out of memory",
                      re.I)
