@@ -45,8 +45,10 @@ Choices (docs/methods.md):
   by exactly one rank, so zeros-elsewhere copies add up to the whole buffer.
 * Adam (the run's lr and betas) and the lr schedule of HashGAN rather than DCMH's
   SGD, so both methods run under the same optimiser settings. γ = η = 1 as in
-  DCMH. The objective is divided by (batch x n_train) so the logged value is
-  per pair (a constant factor: the terms keep DCMH's relative weights).
+  DCMH. The logged terms are per pair (J's share divided by batch x n_train);
+  the gradient is J's share per batch row (divided by the batch only). The
+  factor n is not free under Adam: with it, the text network's gradients sat
+  at Adam's eps and its steps were damped (tests/train/test_dcmh.py).
 """
 from __future__ import annotations
 
@@ -167,7 +169,10 @@ class DCMHTrainer:
             terms = dcmh_loss(out, rows, self.buffers[other], self.known[other], sim, self.codes)
             opt = self.optimizers[f"opt_{modality}"]
             opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
+            # Backpropagate J's share per batch row (DCMH's gradient / b), not per pair:
+            # divided by n too, the text network's gradients (its N(0, 0.01) layers)
+            # fall to 1e-8..1e-7 on emoji, where Adam's eps (1e-8) damps its steps.
+            (terms["total"] * len(self.train_ids)).backward()
             opt.step()
             self.buffers[modality][rows] = out.detach().float()
             self.known[modality][rows] = True
