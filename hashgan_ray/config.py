@@ -61,6 +61,8 @@ class TrainConfig:
     mining: str = "all"              # which triplets count (train/losses.py); all: the paper's
     quantization: float = 0.0        # weight of the quantization term (train/losses.py); paper: none
     balance: float = 1.0             # weight of the bit-balance term (train/losses.py); paper: none (0)
+    label_head: float = 0.0          # weight of the label term, a linear label head on the codes
+                                     # (train/steps.py LabelHead); paper: none (0)
     # data
     cache_train: bool = True         # decode the train split once into Ray's object store
                                      # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
@@ -102,7 +104,7 @@ class TrainConfig:
                                      ("small_head", self.small_head, SMALL_HEADS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name in ("quantization", "balance"):
+        for name in ("quantization", "balance", "label_head"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.placement_strategy not in PLACEMENT:

@@ -127,3 +127,35 @@ def test_balance_term_hand_computed_and_added_to_the_objective():
     with_b = hashgan_losses(codes, sim, 1.0, image_attention=False, text_attention=False,
                             balance=4.0)
     assert with_b["full"].item() == pytest.approx(plain["full"].item() + 4.0 * 0.25)
+
+
+def test_label_loss_is_softmax_cross_entropy_against_the_labels_as_a_distribution():
+    from hashgan_ray.train.losses import label_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    log_p = torch.log_softmax(logits, 1)
+    # one label: the classifier's loss; two labels: half of each
+    labels = torch.tensor([[1, 0, 0], [0, 1, 1]])
+    expected = (-log_p[0, 0] - 0.5 * (log_p[1, 1] + log_p[1, 2])) / 2
+    assert label_loss(logits, labels).item() == pytest.approx(expected.item())
+
+
+def test_the_label_head_term_is_added_to_the_objective_with_its_weight():
+    from hashgan_ray.train.losses import label_loss
+    from hashgan_ray.train.steps import LabelHead
+
+    img, txt = torch.tensor([[0.5, -1.0], [1.0, 0.2]]), torch.tensor([[1.0, 0.0], [-0.3, 0.9]])
+    labels = torch.tensor([[1, 0, 0], [0, 0, 1]])
+    codes = {"img": img, "img_un": img, "txt": txt, "txt_un": txt}
+    sim = label_similarity(labels, labels)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    head = LabelHead(2, 3, 0.5, optimizer, lambda module: module, "cpu")
+    assert len(optimizer.param_groups) == 2                # the head trains with E/D
+    plain = hashgan_losses(codes, sim, 1.0, image_attention=False, text_attention=False)
+    with_head = hashgan_losses(codes, sim, 1.0, image_attention=False, text_attention=False,
+                               label_head=head, labels=labels)
+    term = label_loss(head.layer(img), labels) + label_loss(head.layer(txt), labels)
+    assert with_head["label"].item() == pytest.approx(term.item())
+    assert with_head["full"].item() == pytest.approx(plain["full"].item() + 0.5 * term.item())
+    with_head["full"].backward()
+    assert head.layer.weight.grad.abs().sum() > 0

@@ -38,6 +38,8 @@ TRAIN_HELP = {
                                                       "--lr to 0 over the epochs",
     "mining": "which triplets count: all (the paper's), active, hardest",
     "quantization": "weight of the quantization term", "balance": "weight of the bit-balance term",
+    "label_head": "weight of the label term: a linear label head on the codes, softmax "
+                  "cross-entropy (HashGAN, SCH-GAN; 0: the paper's triplets alone)",
     "cache_train": "decode the train split once into Ray's object store (else every epoch)",
     "val_database": "database sample for the per-epoch validation MAP (0: all)",
     "workers": "Ray Train workers (data parallel)", "gpus_per_worker": "GPUs of each worker",

@@ -82,13 +82,26 @@ def balance_loss(*codes: torch.Tensor) -> torch.Tensor:
     return torch.stack([c.float().mean(0).pow(2).mean() for c in codes]).mean()
 
 
+def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of (N, L) logits against each row's labels as a
+    distribution (y / Σy): with one label, the usual classifier's loss; with k
+    labels, 1/k each. Per-label sigmoid BCE collapses where each pair has one
+    label of many (it settles on "no label": the supervised reference on emoji
+    until issue 25)."""
+    labels = labels.float()
+    return F.cross_entropy(logits.float(), labels / labels.sum(1, keepdim=True).clamp_min(1))
+
+
 def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: float, *,
                    image_attention: bool, text_attention: bool, mining: str = "all",
-                   quantization: float = 0.0, balance: float = 0.0) -> dict[str, torch.Tensor]:
+                   quantization: float = 0.0, balance: float = 0.0, label_head=None,
+                   labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Each term of the full objective, plus `retrieval` (eq. 4), `adversarial`
     (eq. 6) and `full` (their sum, plus the quantization and balance terms
-    times their weights when those are > 0). Adversarial terms exist only for a
-    modality with attention: without it the unattended features are all zero."""
+    times their weights when those are > 0, and the label term of `label_head`,
+    a steps.LabelHead, on the codes of rows with `labels`, times its weight).
+    Adversarial terms exist only for a modality with attention: without it the
+    unattended features are all zero."""
     img, txt = codes["img"], codes["txt"]
 
     def triplets(q, db, same=False):
@@ -109,6 +122,9 @@ def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: fl
     if balance > 0:
         terms["balance"] = balance_loss(img, txt)
         terms["full"] = terms["full"] + balance * terms["balance"]
+    if label_head is not None:
+        terms["label"] = label_head.loss(img, txt, labels)
+        terms["full"] = terms["full"] + label_head.weight * terms["label"]
     return terms
 
 

@@ -6,12 +6,14 @@ train/methods/<method>.py."""
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from hashgan_ray.model.hashgan import HashGAN
+from hashgan_ray.train.losses import label_loss
 
 
 @contextlib.contextmanager
@@ -73,6 +75,67 @@ def build_optimizers(model: HashGAN, lr: float, betas: tuple[float, float]):
     opt_g = (torch.optim.Adam(model.attention.parameters(), lr=lr, betas=betas)
              if has_attention(model) else None)
     return opt_ed, opt_g
+
+
+class LabelHead:
+    """The label term of HashGAN's objective (config `label_head` > 0; SCH-GAN's
+    labelled term too): one linear layer q -> L reads the image and the text
+    codes, trained with softmax cross-entropy against the pair's labels
+    (losses.label_loss), the supervised reference's loss. Not in the paper,
+    whose only supervision is the triplets; on emoji (99 labels, one per pair)
+    the triplets of a batch of 64 see few positives per query, and the head
+    gives every pair a gradient towards its label (docs/methods.md).
+
+    The layer trains with E/D: a parameter group of `optimizer` (so the lr
+    schedule applies), wrapped by `wrap` (DDP under Ray Train) like the net.
+    It is part of the trainer's state, not of the served model."""
+
+    def __init__(self, bits: int, num_labels: int, weight: float,
+                 optimizer: torch.optim.Optimizer, wrap, device):
+        self.weight = weight
+        # nn.Linear's own start, drawn from a generator of its own: adding the head
+        # leaves the rest of a run's random stream as it was (SCH-GAN with every
+        # label stays HashGAN without attention, weight for weight).
+        self.layer = nn.utils.skip_init(nn.Linear, bits, num_labels)
+        bound, draws = 1 / math.sqrt(bits), torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in self.layer.parameters():
+                p.uniform_(-bound, bound, generator=draws)
+        self.layer.to(device)
+        optimizer.add_param_group({"params": list(self.layer.parameters())})
+        self.wrapped = wrap(self.layer)
+
+    def loss(self, img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CE of the image codes plus CE of the text codes (one forward of the
+        wrapped layer: DDP takes one forward per backward)."""
+        logits = self.wrapped(torch.cat([img, txt]).float())
+        return (label_loss(logits[:len(img)], labels) + label_loss(logits[len(img):], labels))
+
+    @staticmethod
+    def state_of(head: LabelHead | None) -> dict:
+        """The trainer state's entry of `head` (none without one)."""
+        return {} if head is None else {"label_head": head.layer.state_dict()}
+
+    @staticmethod
+    def restore(head: LabelHead | None, state: dict) -> None:
+        """Load `head` from a trainer state written by a run with the same head."""
+        if head is None:
+            return
+        if "label_head" not in state:
+            raise ValueError("this checkpoint was trained without the label head: resume it "
+                             "with --label-head 0")
+        head.layer.load_state_dict(state["label_head"])
+
+
+def build_label_head(weight: float, model: HashGAN, num_labels: int | None,
+                     optimizer: torch.optim.Optimizer, wrap) -> LabelHead | None:
+    """The LabelHead of a run whose `label_head` weight is `weight`, None at 0."""
+    if weight <= 0:
+        return None
+    if not num_labels:
+        raise ValueError("the label head needs the number of labels (label_head > 0)")
+    return LabelHead(model.bits, num_labels, weight, optimizer, wrap,
+                     next(model.parameters()).device)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.loop import gather_for
 from hashgan_ray.train.methods.hashgan import ed_step, g_step
 from hashgan_ray.train.methods.schgan import labelled_loss
-from hashgan_ray.train.steps import build_optimizers
+from hashgan_ray.train.steps import LabelHead, build_optimizers
 
 OBJECTIVE = dict(margin=1.0, balance=1.0)
 
@@ -25,10 +25,12 @@ def model_for(vocab: int) -> HashGAN:
     return model.eval()
 
 
-def step_grads(model, net, attention, batch, gather) -> dict[str, torch.Tensor]:
+def step_grads(model, net, attention, batch, gather, wrap=lambda m: m) -> dict[str, torch.Tensor]:
     opt_ed, opt_g = build_optimizers(model, 1e-3, (0.5, 0.999))
-    ed_step(model, net, batch, opt_ed, mining="all", gather=gather, **OBJECTIVE)
+    head = LabelHead(model.bits, batch["labels"].shape[1], 1.0, opt_ed, wrap, "cpu")
+    ed_step(model, net, batch, opt_ed, mining="all", gather=gather, label_head=head, **OBJECTIVE)
     grads = {f"net.{k}": p.grad.clone() for k, p in model.net.named_parameters()}
+    grads.update({f"label_head.{k}": p.grad.clone() for k, p in head.layer.named_parameters()})
     g_step(model, attention, batch, opt_g, 1.0, gather=gather)
     grads.update({f"attention.{k}": p.grad.clone() for k, p in model.attention.named_parameters()})
     return grads
@@ -43,7 +45,8 @@ def worker(rank: int, port: int, path: str) -> None:
         model = model_for(saved["vocab"])
         net = torch.nn.parallel.DistributedDataParallel(model.net)
         attention = torch.nn.parallel.DistributedDataParallel(model.attention)
-        grads = step_grads(model, net, attention, half, gather_for(2))
+        grads = step_grads(model, net, attention, half, gather_for(2),
+                           wrap=torch.nn.parallel.DistributedDataParallel)
         if rank == 0:
             torch.save(grads, path + ".ddp")
     finally:
@@ -64,6 +67,7 @@ def test_two_workers_with_gather_take_the_one_process_step(synth_data, tmp_path)
     ddp = torch.load(path + ".ddp", weights_only=True)
 
     assert set(ddp) == set(whole) and any(k.startswith("attention.") for k in whole)
+    assert any(k.startswith("label_head.") for k in whole)            # the label term too
     for name, g in whole.items():
         assert torch.allclose(ddp[name], g, rtol=1e-4, atol=1e-6), name
 
@@ -79,13 +83,21 @@ def schgan_worker(rank: int, port: int, path: str) -> None:
         saved = torch.load(path, weights_only=True)
         half = {k: v.chunk(2)[rank] for k, v in saved.items()}
         img, txt = half["img"].clone().requires_grad_(), half["txt"].clone().requires_grad_()
-        loss = labelled_loss(img, txt, half, 1.0, "all", 0.0, 1.0, gather_for(2))["full"]
+        loss = labelled_loss(img, txt, half, 1.0, "all", 0.0, 1.0, gather_for(2),
+                             label_head=plain_head())["full"]
         loss.backward()
         # DDP averages parameter gradients over the 2 ranks: halve to compare rows.
         torch.save({"loss": loss.detach(), "img": img.grad / 2, "txt": txt.grad / 2},
                    f"{path}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def plain_head() -> LabelHead:
+    """The label term's head for 8 bits and 5 labels, unwrapped: with the codes
+    gathered, every rank computes the same term (its start is seeded)."""
+    return LabelHead(8, 5, 1.0, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0),
+                     lambda module: module, "cpu")
 
 
 def test_schgan_labelled_term_is_mined_over_both_workers(tmp_path):
@@ -98,7 +110,7 @@ def test_schgan_labelled_term_is_mined_over_both_workers(tmp_path):
     torch.save(batch, path)
 
     img, txt = batch["img"].clone().requires_grad_(), batch["txt"].clone().requires_grad_()
-    whole = labelled_loss(img, txt, batch, 1.0, "all", 0.0, 1.0)["full"]
+    whole = labelled_loss(img, txt, batch, 1.0, "all", 0.0, 1.0, label_head=plain_head())["full"]
     whole.backward()
     mp.spawn(schgan_worker, args=(free_port(), path), nprocs=2, join=True)
     ranks = [torch.load(f"{path}.{r}", weights_only=True) for r in range(2)]

@@ -30,7 +30,8 @@ def test_every_optimizer_takes_the_configs_lr_betas_and_schedule(synth_data, met
     # hashgan: E/D and G; dcmh: image and text; dfah, schgan: two players; supervised: one
     assert len(optimizers) == (1 if method == "supervised" else 2)
     for o in optimizers:
-        assert [(g["lr"], g["betas"]) for g in o.param_groups] == [(3e-4, (0.7, 0.999))]
+        # (HashGAN's and SCH-GAN's label head is a second group of E/D's optimizer)
+        assert {(g["lr"], g["betas"]) for g in o.param_groups} == {(3e-4, (0.7, 0.999))}
     assert len(trainer.optimizers.schedulers) == len(optimizers)
     for s in trainer.optimizers.schedulers:
         if schedule == "cosine":
@@ -41,13 +42,19 @@ def test_every_optimizer_takes_the_configs_lr_betas_and_schedule(synth_data, met
 
 
 def test_hashgan_and_schgan_take_the_objective_and_the_schedule_of_steps(synth_data):
-    fields = dict(margin=0.7, mining="hardest", d_steps=3, g_steps=2)
+    fields = dict(margin=0.7, mining="hardest", d_steps=3, g_steps=2, label_head=0.3)
     hashgan, _ = built(synth_data, method="hashgan", quantization=0.4, balance=0.2, **fields)
     assert (hashgan.margin, hashgan.mining, hashgan.d_steps, hashgan.g_steps) == (
         0.7, "hardest", 3, 2)
     assert (hashgan.quantization, hashgan.balance, hashgan.oracle) == (0.4, 0.2, None)
     schgan, _ = built(synth_data, method="schgan", **fields)
     assert (schgan.margin, schgan.mining, schgan.d_steps, schgan.g_steps) == (0.7, "hardest", 3, 2)
+    num_labels = read_meta(synth_data).num_labels
+    for trainer in (hashgan, schgan):           # the label head: the weight, a logit per label
+        assert trainer.label_head.weight == 0.3
+        assert trainer.label_head.layer.out_features == num_labels
+    for method in ("hashgan", "schgan"):        # weight 0: the paper's objective, no head
+        assert built(synth_data, method=method, label_head=0.0)[0].label_head is None
     oracle, model = built(synth_data, method="hashgan", attention="oracle")
     assert oracle.oracle is not None and oracle.opt_g is None
     assert list(model.attention.parameters()) == []

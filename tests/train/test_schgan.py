@@ -16,7 +16,8 @@ from hashgan_ray.train.methods.schgan import (RelevanceScorer, candidate_rewards
                                               reinforce_loss, sample_picks, selection_log_probs)
 
 MARGIN = 2.0
-TINY = dict(bits=16, text_hidden=64, text_features=32, lr=1e-3)
+TINY = dict(bits=16, text_hidden=64, text_features=32, lr=1e-3,
+            label_head=0.0)   # no dataset to count labels from: the head's tests give data
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +128,17 @@ def test_batches_with_no_labelled_or_no_unlabelled_rows_still_step_every_paramet
         assert d_losses["d_i2t_selected"] == 0 and g_losses["g_reinforce"] == 0
 
 
-def test_with_every_label_schgan_steps_exactly_as_hashgan_without_attention(batch):
+@pytest.mark.parametrize("label_head", [0.0, 1.0])
+def test_with_every_label_schgan_steps_exactly_as_hashgan_without_attention(
+        batch, synth_data, label_head):
     """With every label the pool is empty: SCH-GAN is the method it reduces to,
-    HashGAN's objective and schedule without attention, weight for weight. (Before
-    issue 25 it trained the two cross-modal triplet terms only, and its G steps
-    took a fifth of the batches from D: 0.28 against HashGAN's 0.53 on synthetic data.)"""
+    HashGAN's objective and schedule without attention, weight for weight, with
+    or without the label term. (Before issue 25 it trained the two cross-modal
+    triplet terms only, and its G steps took a fifth of the batches from D: 0.28
+    against HashGAN's 0.53 on synthetic data.)"""
     all_labelled = {**batch, "labeled": torch.ones(32, dtype=torch.bool)}
-    cfg = dict(d_steps=2, g_steps=1, balance=1.0, margin=MARGIN)
+    cfg = dict(d_steps=2, g_steps=1, balance=1.0, margin=MARGIN, label_head=label_head,
+               data=str(synth_data))
     schgan = make_trainer(**cfg)
     hashgan = make_trainer(method="hashgan", attention="none", **cfg)
     for m in (schgan.model, hashgan.model):
@@ -145,6 +150,10 @@ def test_with_every_label_schgan_steps_exactly_as_hashgan_without_attention(batc
     for (name, a), (_, b) in zip(schgan.model.net.named_parameters(),
                                  hashgan.model.net.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
+    if label_head:
+        assert s_stats["d_labelled"] > h_stats["full"] - h_stats["label"]   # the term counts
+        for a, b in zip(schgan.label_head.layer.parameters(), hashgan.label_head.layer.parameters()):
+            assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_state_round_trips_through_weights_only_load(batch, tmp_path):

@@ -146,19 +146,31 @@ def test_deterministic_for_a_seed_on_cpu(batch):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
-def test_hashgan_trainer_state_round_trips_through_weights_only_load(batch, tmp_path):
+def test_hashgan_trainer_state_round_trips_through_weights_only_load(batch, synth_data, tmp_path):
     from hashgan_ray.config import TrainConfig
+    from hashgan_ray.data.format import read_meta
     from hashgan_ray.train.methods import build_trainer
 
-    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=1, g_steps=1)
+    meta = read_meta(synth_data)
+    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=1, g_steps=1,
+                      label_head=1.0)
     model = tiny_model()
-    trainer = build_trainer(cfg, model)
+    trainer = build_trainer(cfg, model, meta=meta)
     losses = trainer.step(0, batch)
-    assert "full" in losses and "g_adversarial" in losses            # E/D then G
+    assert "full" in losses and "g_adversarial" in losses and "label" in losses  # E/D then G
     trainer.end_epoch()
     torch.save(trainer.state_dict(), tmp_path / "state.pt")
-    again = build_trainer(cfg, model)
-    again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    again = build_trainer(cfg, model, meta=meta)
+    again.load_state_dict(state)
     assert again.opt_ed.state_dict()["state"][0]["step"] == 1
     assert again.opt_g.state_dict()["state"][0]["step"] == 1
     assert again.optimizers.schedulers[0].last_epoch == 1
+    for a, b in zip(trainer.label_head.layer.parameters(), again.label_head.layer.parameters()):
+        assert torch.equal(a, b)
+    # a run without the label term has no head to restore: refused with the way out
+    without = build_trainer(TrainConfig(**{**cfg.__dict__, "label_head": 0.0}), tiny_model())
+    torch.save(without.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="--label-head 0"):
+        build_trainer(cfg, tiny_model(), meta=meta).load_state_dict(
+            torch.load(tmp_path / "plain.pt", weights_only=True))

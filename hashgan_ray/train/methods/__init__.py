@@ -80,7 +80,9 @@ def build_trainer(cfg, model, *, meta=None, wrap=single_process, all_reduce=no_a
     # HashGAN's objective and schedule; SCH-GAN's labelled term is that objective
     adversarial = dict(margin=cfg.margin, mining=cfg.mining, quantization=cfg.quantization,
                        balance=cfg.balance, d_steps=cfg.d_steps, g_steps=cfg.g_steps,
-                       gather=gather)
+                       gather=gather, label_head=cfg.label_head)
+    if cfg.label_head > 0:
+        adversarial["num_labels"] = (meta or read_meta(cfg.data)).num_labels
     if cfg.method == "hashgan":
         oracle = Oracle(cfg.data, meta) if cfg.attention == ORACLE else None
         return cls(model, **common, **adversarial, oracle=oracle)

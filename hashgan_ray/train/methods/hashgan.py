@@ -32,10 +32,12 @@ from hashgan_ray.train.losses import (
     triplet_ranking_loss,
 )
 from hashgan_ray.train.steps import (
+    LabelHead,
     LrSchedule,
     Optimizers,
     attention_switches,
     autocast,
+    build_label_head,
     build_optimizers,
     frozen,
     g_steps_after,
@@ -48,10 +50,11 @@ log = logging.getLogger("hashgan_ray.train")
 
 def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
             margin: float, mining: str = "all", quantization: float = 0.0,
-            balance: float = 0.0, oracle=None, gather=None) -> dict[str, float]:
+            balance: float = 0.0, oracle=None, gather=None, label_head=None) -> dict[str, float]:
     """min over E, D of the full objective (eq. 8). `net` is model.net or its DDP wrapper.
     `oracle` (data/oracle.py): the batch's true masks in place of G's.
-    `gather`: the trainer's (see HashGANTrainer), None in one process."""
+    `gather`: the trainer's (see HashGANTrainer), None in one process.
+    `label_head`: the trainer's steps.LabelHead, None without the label term."""
     def fixed_masks(maps, feats):
         with torch.no_grad():
             return model.attention(maps, feats)
@@ -66,7 +69,8 @@ def ed_step(model: HashGAN, net: nn.Module, batch: dict, optimizer: torch.optim.
     losses = hashgan_losses(codes, sim, margin,
                             image_attention=image_attention or oracle is not None,
                             text_attention=text_attention or oracle is not None,
-                            mining=mining, quantization=quantization, balance=balance)
+                            mining=mining, quantization=quantization, balance=balance,
+                            label_head=label_head, labels=labels)
     optimizer.zero_grad(set_to_none=True)
     losses["full"].backward()
     optimizer.step()
@@ -123,7 +127,7 @@ class HashGANTrainer:
                  schedule: LrSchedule, margin: float, mining: str = "all",
                  quantization: float = 0.0, balance: float = 0.0, d_steps: int = 4,
                  g_steps: int = 1, oracle: Oracle | None = None, wrap=single_process,
-                 gather=None):
+                 gather=None, label_head: float = 0.0, num_labels: int | None = None):
         self.model = model
         self.margin, self.mining = margin, mining
         self.quantization, self.balance = quantization, balance
@@ -131,6 +135,8 @@ class HashGANTrainer:
         self.oracle = oracle                    # no G then
         self.gather = gather                    # triplets over every worker's batch (`gathered`)
         self.opt_ed, self.opt_g = build_optimizers(model, lr, betas)
+        # the label term's layer trains with E/D (a group of opt_ed): made before the schedulers
+        self.label_head = build_label_head(label_head, model, num_labels, self.opt_ed, wrap)
         self.optimizers = Optimizers(schedule, opt_ed=self.opt_ed, opt_g=self.opt_g)
         # Two wrappers: E+D and G are updated in alternation (module docstring).
         self.net = wrap(model.net)
@@ -145,7 +151,7 @@ class HashGANTrainer:
         # so the Table 4 ablation compares attention, not training length.
         stats = ed_step(self.model, self.net, batch, self.opt_ed, self.margin, mining=self.mining,
                         quantization=self.quantization, balance=self.balance,
-                        oracle=self.oracle, gather=self.gather)
+                        oracle=self.oracle, gather=self.gather, label_head=self.label_head)
         self._epoch_steps += 1
         if self.opt_g is not None:
             for _ in range(g_steps_after(step, self.d_steps, self.g_steps)):
@@ -167,7 +173,8 @@ class HashGANTrainer:
         self.optimizers.end_epoch()
 
     def state_dict(self) -> dict:
-        return self.optimizers.state_dict()
+        return {**self.optimizers.state_dict(), **LabelHead.state_of(self.label_head)}
 
     def load_state_dict(self, state: dict) -> None:
+        LabelHead.restore(self.label_head, state)
         self.optimizers.load_state_dict(state)

@@ -98,9 +98,11 @@ from torch import nn
 from hashgan_ray.model.hashgan import HashGAN
 from hashgan_ray.train.losses import hashgan_losses, label_similarity, pairwise_distance
 from hashgan_ray.train.steps import (
+    LabelHead,
     LrSchedule,
     Optimizers,
     autocast,
+    build_label_head,
     build_optimizers,
     g_steps_after,
     gathered,
@@ -212,10 +214,11 @@ def batch_masks(batch: dict) -> tuple[torch.Tensor, ...]:
 
 
 def labelled_loss(img: torch.Tensor, txt: torch.Tensor, batch: dict, margin: float, mining: str,
-                  quantization: float, balance: float, gather=None) -> dict[str, torch.Tensor]:
+                  quantization: float, balance: float, gather=None,
+                  label_head=None) -> dict[str, torch.Tensor]:
     """The labelled rows' term of L_D: HashGAN's objective without attention
     (losses.hashgan_losses: the four triplet terms, image<->text and within each
-    modality, plus its quantization and balance terms at the run's weights),
+    modality, plus its quantization, balance and label terms at the run's weights),
     mined in the global batch under DDP as HashGAN's (steps.gathered); the
     generator's picks stay per worker."""
     labeled = batch.get("labeled")
@@ -231,7 +234,8 @@ def labelled_loss(img: torch.Tensor, txt: torch.Tensor, batch: dict, margin: flo
     sim = label_similarity(labels[labeled], labels[labeled])
     return hashgan_losses({"img": codes["img"][labeled], "txt": codes["txt"][labeled]}, sim,
                           margin, image_attention=False, text_attention=False, mining=mining,
-                          quantization=quantization, balance=balance)
+                          quantization=quantization, balance=balance, label_head=label_head,
+                          labels=labels[labeled])
 
 
 def relaxed_codes(net: nn.Module, model: HashGAN, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +259,8 @@ class SCHGANTrainer:
     def __init__(self, model: HashGAN, *, lr: float, betas: tuple[float, float],
                  schedule: LrSchedule, margin: float, mining: str = "all",
                  quantization: float = 0.0, balance: float = 0.0, d_steps: int = 4,
-                 g_steps: int = 1, wrap=single_process, gather=None):
+                 g_steps: int = 1, wrap=single_process, gather=None, label_head: float = 0.0,
+                 num_labels: int | None = None):
         self.model = model
         self.margin, self.mining = margin, mining
         self.quantization, self.balance = quantization, balance
@@ -265,6 +270,7 @@ class SCHGANTrainer:
         self.generator = Generator(model.bits).to(device)
         self.opt_d, _ = build_optimizers(model, lr, betas)     # attention off: no G
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
+        self.label_head = build_label_head(label_head, model, num_labels, self.opt_d, wrap)
         self.optimizers = Optimizers(schedule, opt_d=self.opt_d, opt_g=self.opt_g)
         # Two wrappers: discriminator and generator are updated in alternation.
         self.net = wrap(model.net)
@@ -287,7 +293,7 @@ class SCHGANTrainer:
         with torch.no_grad():
             scores = self.generator(img.detach(), txt.detach())
         labelled = labelled_loss(img, txt, batch, margin, self.mining, self.quantization,
-                                 self.balance, self.gather)
+                                 self.balance, self.gather, self.label_head)
         losses = {"d_labelled": labelled["full"], "d_i2t": labelled["i2t"],
                   "d_t2i": labelled["t2i"]}
         total = labelled["full"]
@@ -325,8 +331,10 @@ class SCHGANTrainer:
         self.optimizers.end_epoch()
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.state_dict(), **self.optimizers.state_dict()}
+        return {"generator": self.generator.state_dict(), **self.optimizers.state_dict(),
+                **LabelHead.state_of(self.label_head)}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
+        LabelHead.restore(self.label_head, state)
         self.optimizers.load_state_dict(state)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hashgan_ray.model.hashgan import HashGAN
-from hashgan_ray.train.losses import balance_loss
+from hashgan_ray.train.losses import balance_loss, label_loss
 from hashgan_ray.train.methods.dcmh import Branch
 from hashgan_ray.train.steps import LrSchedule, Optimizers, autocast, single_process
 
@@ -67,9 +67,8 @@ class SupervisedTrainer:
             h_img = torch.tanh(self.nets["image"](batch["image"]))
             text_logits = self.wrapped_head(h_txt)                            # (B, L)
             image_logits = F.linear(h_img, self.head.weight.detach(), self.head.bias.detach())
-        target = labels / labels.sum(1, keepdim=True).clamp_min(1)          # (B, L), rows sum to 1
-        losses = {"text_ce": F.cross_entropy(text_logits.float(), target),
-                  "image_ce": F.cross_entropy(image_logits.float(), target),
+        losses = {"text_ce": label_loss(text_logits, labels),
+                  "image_ce": label_loss(image_logits, labels),
                   "balance": balance_loss(h_img, h_txt)}
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
