@@ -42,6 +42,7 @@ from torch import nn  # noqa: E402
 from hashgan_ray.config import TrainConfig  # noqa: E402
 from hashgan_ray.model.encode import encode_arrays  # noqa: E402
 from hashgan_ray.model.hashgan import HashGAN, pack_codes  # noqa: E402
+from hashgan_ray.data.format import DatasetMeta  # noqa: E402
 from hashgan_ray.train.methods import build_trainer  # noqa: E402
 from hashgan_ray.train.steps import autocast  # noqa: E402
 
@@ -152,7 +153,10 @@ def hashgan_train_rate(device: torch.device, backbone: str, size: int, s: dict) 
     cfg = TrainConfig(bits=s["bits"], backbone=backbone, image_size=size,
                       text_hidden=s["text_hidden"], text_features=s["text_features"],
                       batch_size=s["train_batch"])
-    trainer = build_trainer(cfg, model)
+    meta = DatasetMeta(name="random", source="synthetic", vocabulary=[""] * s["vocab"],
+                       label_names=[str(i) for i in range(s["labels"])], image_size=size, seed=0,
+                       counts={})
+    trainer = build_trainer(cfg, model, meta=meta)      # meta: the label head's label count
     batches = []
     for seed in range(4):      # 4 batches: one full E/D:G cycle (d_steps=4)
         arrays = random_pairs(s["train_batch"], s, size, seed)

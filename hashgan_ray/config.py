@@ -61,7 +61,7 @@ class TrainConfig:
     mining: str = "all"              # which triplets count (train/losses.py); all: the paper's
     quantization: float = 0.0        # weight of the quantization term (train/losses.py); paper: none
     balance: float = 1.0             # weight of the bit-balance term (train/losses.py); paper: none (0)
-    label_head: float = 0.0          # weight of the label term, a linear label head on the codes
+    label_head: float = 1.0          # weight of the label term, a linear label head on the codes
                                      # (train/steps.py LabelHead); paper: none (0)
     # data
     cache_train: bool = True         # decode the train split once into Ray's object store

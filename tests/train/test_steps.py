@@ -47,12 +47,13 @@ def test_schedule_is_four_ed_steps_then_one_g_step():
 
 
 @pytest.mark.parametrize("attention", ["both", "none"])
-def test_every_batch_gets_an_ed_step_with_or_without_attention(batch, attention):
+def test_every_batch_gets_an_ed_step_with_or_without_attention(batch, synth_data, attention):
     """An epoch is the same number of E/D updates in every Table 4 setting."""
     from hashgan_ray.config import TrainConfig
     from hashgan_ray.train.methods import build_trainer
 
-    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=4, g_steps=1)
+    cfg = TrainConfig(data=str(synth_data), bits=16, text_hidden=64, text_features=32, d_steps=4,
+                      g_steps=1)
     model = tiny_model(image_attention=attention == "both", text_attention=attention == "both")
     trainer = build_trainer(cfg, model)
     stats = [trainer.step(i, batch) for i in range(8)]
@@ -65,13 +66,14 @@ def test_every_batch_gets_an_ed_step_with_or_without_attention(batch, attention)
 
 
 @pytest.mark.parametrize("batches", [3, 4])
-def test_an_epoch_too_short_for_a_g_step_is_reported(batch, batches, caplog):
+def test_an_epoch_too_short_for_a_g_step_is_reported(batch, batches, synth_data, caplog):
     """The schedule counts steps within an epoch: fewer than d_steps batches
     mean G never moves, which a user with a small dataset must be told."""
     from hashgan_ray.config import TrainConfig
     from hashgan_ray.train.methods import build_trainer
 
-    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, d_steps=4, g_steps=1)
+    cfg = TrainConfig(data=str(synth_data), bits=16, text_hidden=64, text_features=32, d_steps=4,
+                      g_steps=1)
     trainer = build_trainer(cfg, tiny_model())
     before = snapshot(trainer.model.attention)
     with caplog.at_level("WARNING", logger="hashgan_ray.train"):
@@ -113,7 +115,7 @@ def test_g_step_moves_only_attention_and_raises_the_adversarial_loss(batch):
     assert adversarial(model, batch) > before
 
 
-def test_the_model_says_which_attention_trains_whatever_the_config(batch):
+def test_the_model_says_which_attention_trains_whatever_the_config(batch, synth_data):
     """The trainer goes by the model's attention modules (steps.attention_switches),
     not by the config's switches, which only decide what build_model builds."""
     from hashgan_ray.config import TrainConfig
@@ -122,7 +124,8 @@ def test_the_model_says_which_attention_trains_whatever_the_config(batch):
 
     model = tiny_model(image_attention=True, text_attention=False)
     assert attention_switches(model) == (True, False)
-    cfg = TrainConfig(bits=16, text_hidden=64, text_features=32, attention="none", d_steps=1)
+    cfg = TrainConfig(data=str(synth_data), bits=16, text_hidden=64, text_features=32,
+                      attention="none", d_steps=1)
     stats = build_trainer(cfg, model).step(0, batch)
     assert stats["t2i_adv"] > 0 and stats["i2t_adv"] == 0 and "g_adversarial" in stats
 
