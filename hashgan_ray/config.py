@@ -25,6 +25,13 @@ STE = ("identity", "saturating")             # model/attention.py, straight-thro
 SMALL_HEADS = ("maxpool", "grid")            # model/backbones.py, the small trunk's head
 
 
+# Fields added with a default that trains differently from before they existed,
+# and the value they had in effect in a run saved before them: a finished run's
+# config without the field is read with this value, not today's default
+# (experiment/grid.py: a finished cell of the old setting is refused, not reused).
+VALUES_BEFORE_ADDED = {"label_head": 0.0}
+
+
 @dataclass
 class TrainConfig:
     # data and run

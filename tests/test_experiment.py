@@ -94,6 +94,23 @@ def test_a_cell_reads_its_dataset_meta_once(synth_data, tmp_path, monkeypatch):
     assert result["n_query"] == 24 and len(result["pr"]["I->T"]["precision"]) == 17
 
 
+def test_a_cell_finished_before_an_option_existed_counts_with_the_value_it_had(tmp_path):
+    """A finished cell is reused only if it ran the wanted settings. An option
+    added since with a default that trains differently (config.VALUES_BEFORE_ADDED:
+    the label head) had its old value in that run, not today's default: refused."""
+    from hashgan_ray.experiment.grid import RESULT, finished_result
+
+    cell = Cell("/d", "synth", "small", 16, "hashgan-none", 1.0, 0)
+    cfg = cell.config(TrainConfig(epochs=1), tmp_path)
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "label_head"}   # before the option
+    cell.directory(tmp_path).mkdir(parents=True)
+    (cell.directory(tmp_path) / RESULT).write_text(json.dumps({"config": saved, "map_i2t": 0.5}))
+    with pytest.raises(ValueError, match=r"label_head 0\.0 -> 1\.0"):
+        finished_result(cell, cfg, tmp_path)
+    same = cell.config(TrainConfig(epochs=1, label_head=0.0), tmp_path)
+    assert finished_result(cell, same, tmp_path)["map_i2t"] == 0.5
+
+
 def section(report: str, title: str) -> str:
     return report.split(f"## {title}")[1].split("\n## ")[0]
 

@@ -37,7 +37,8 @@ try:
 except ImportError:      # run_cell with its own `fit` works without Ray (benchmarks/attention_study.py)
     ray = None
 
-from hashgan_ray.config import ATTENTION, METHODS, ORACLE, TrainConfig, runs_that_fit
+from hashgan_ray.config import (ATTENTION, METHODS, ORACLE, VALUES_BEFORE_ADDED, TrainConfig,
+                                runs_that_fit)
 from hashgan_ray.data.format import DatasetMeta, read_meta
 from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.evaluation.evaluate import evaluate_model
@@ -189,7 +190,8 @@ def finished_result(cell: Cell, cfg: TrainConfig, out) -> dict | None:
         return None
     result = json.loads(path.read_text())
     wanted, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    had = {**defaults, **result["config"]}           # options added since: their defaults
+    # options added since: their defaults, or the value they had before (config.py)
+    had = {**defaults, **VALUES_BEFORE_ADDED, **result["config"]}
     differ = sorted(k for k in wanted if k not in ("data", "out") and had[k] != wanted[k])
     if differ:
         changes = ", ".join(f"{k} {had.get(k)!r} -> {wanted[k]!r}" for k in differ)
