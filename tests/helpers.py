@@ -22,7 +22,36 @@ def local_ray_running(ingress: str | None = None):
         try:
             yield ray
         finally:
+            record_threads_at_shutdown(ray)
             ray.shutdown()
+
+
+# tests/support/ray_postmortem.py prints this file of the session the suite died in.
+THREADS_AT_SHUTDOWN = "pytest-threads-at-shutdown.txt"
+
+
+def record_threads_at_shutdown(ray) -> None:
+    """Write the test process's live threads (native id, name, innermost frames)
+    into the Ray session's log directory before ray.shutdown. A thread that calls
+    into Ray after the shutdown makes Ray end the process ("The core worker has
+    already been shutdown ... The process will exit", tagged with the thread's
+    native id): pytest then exits 1 with no summary, and this file names the thread."""
+    import sys
+    import threading
+    import traceback
+    from pathlib import Path
+
+    try:
+        logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
+        frames = sys._current_frames()
+        lines = []
+        for thread in threading.enumerate():
+            lines.append(f"native id {thread.native_id}  {thread.name}  daemon={thread.daemon}")
+            stack = traceback.extract_stack(frames.get(thread.ident)) if thread.ident in frames else []
+            lines += [f"    {f.filename}:{f.lineno} {f.name}" for f in stack[-4:]]
+        (logs / THREADS_AT_SHUTDOWN).write_text("\n".join(lines) + "\n")
+    except Exception as e:          # a diagnostic: never the reason a test fails
+        print(f"record_threads_at_shutdown: {e!r}")
 
 
 def write_tiny_model(out, data_dir, *, bits: int = 16, seed: int = 0):

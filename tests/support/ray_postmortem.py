@@ -37,6 +37,10 @@ def main() -> None:
                     print(f"-- {log.name}: {len(lines)} serious line(s), the last "
                           f"{min(len(lines), args.lines)}:")
                     print("\n".join(line[:300] for line in lines[-args.lines:]))
+        threads = session / "logs" / "pytest-threads-at-shutdown.txt"      # tests/helpers.py
+        if threads.is_file():
+            print(f"-- the test process's threads at ray.shutdown ({threads.name}):")
+            print(threads.read_text(errors="replace").rstrip())
 
 
 if __name__ == "__main__":
