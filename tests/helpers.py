@@ -31,8 +31,9 @@ THREADS_AT_SHUTDOWN = "pytest-threads-at-shutdown.txt"
 
 
 def record_threads_at_shutdown(ray) -> None:
-    """Write the test process's live threads (native id, name, innermost frames)
-    into the Ray session's log directory before ray.shutdown. A thread that calls
+    """Write the test process's live threads (Python's: native id, name, innermost
+    frames; then every thread's native id and name) into the Ray session's log
+    directory before ray.shutdown. A thread that calls
     into Ray after the shutdown makes Ray end the process ("The core worker has
     already been shutdown ... The process will exit", tagged with the thread's
     native id): pytest then exits 1 with no summary, and this file names the thread."""
@@ -49,6 +50,16 @@ def record_threads_at_shutdown(ray) -> None:
             lines.append(f"native id {thread.native_id}  {thread.name}  daemon={thread.daemon}")
             stack = traceback.extract_stack(frames.get(thread.ident)) if thread.ident in frames else []
             lines += [f"    {f.filename}:{f.lineno} {f.name}" for f in stack[-4:]]
+        # Every thread of the process, Ray's C++ ones too (worker.io, grpc_global_tim...):
+        # a leftover from an earlier session's core worker would call into this one.
+        tasks = Path("/proc/self/task")
+        if tasks.is_dir():
+            lines.append("all threads (native id, name):")
+            for task in sorted(tasks.iterdir(), key=lambda t: int(t.name)):
+                try:
+                    lines.append(f"    {task.name} {(task / 'comm').read_text().strip()}")
+                except OSError:         # ended meanwhile
+                    pass
         (logs / THREADS_AT_SHUTDOWN).write_text("\n".join(lines) + "\n")
     except Exception as e:          # a diagnostic: never the reason a test fails
         print(f"record_threads_at_shutdown: {e!r}")
