@@ -44,6 +44,7 @@ from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.evaluation.evaluate import evaluate_model
 from hashgan_ray.files import move_into_place, temp_dir_for, write_text
 from hashgan_ray.model.checkpoint import WEIGHTS, load_model, write_model_files
+from hashgan_ray.output import ray_log_level, setup_output
 from hashgan_ray.train.methods import trainer_class
 
 log = logging.getLogger("hashgan_ray.experiment.grid")
@@ -173,8 +174,10 @@ def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, f
     return result
 
 
-def _cell_task(cell: Cell, cfg: dict, with_pr: bool, with_masks: bool) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def _cell_task(cell: Cell, cfg: dict, with_pr: bool, with_masks: bool, verbose: bool) -> dict:
+    # The driver's console choice (-v or not), so that without -v the cells' Ray
+    # Train workers keep their per-report INFO lines to Ray's log files, as `train` does.
+    setup_output(verbose)
     return run_cell(cell, TrainConfig.from_dict(cfg), with_pr=with_pr, with_masks=with_masks)
 
 
@@ -236,7 +239,7 @@ def run_grid(cells: list[Cell], base: TrainConfig, out, *, at_once: int) -> tupl
             masks = (cell.setting == "hashgan-both" and cell.bits == min_bits and cell.seed == 0
                      and cell.labeled_fraction == 1 and cell.backbone == cells[0].backbone)
             running[_cell_task.remote(cell, configs[cell].to_dict(), cell.bits == min_bits,
-                                      masks)] = cell
+                                      masks, ray_log_level() <= logging.INFO)] = cell
         (ref,), _ = ray.wait(list(running), num_returns=1)
         cell = running.pop(ref)
         done = len(results) + len(failed) + 1
