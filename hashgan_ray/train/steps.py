@@ -84,7 +84,7 @@ class LabelHead:
     (losses.label_loss), the supervised reference's loss. Not in the paper,
     whose only supervision is the triplets; on emoji (99 labels, one per pair)
     the triplets of a batch of 64 see few positives per query, and the head
-    gives every pair a gradient towards its label (docs/methods.md).
+    gives every pair a gradient towards its label (docs/quality.md, round 3).
 
     The layer trains with E/D: a parameter group of `optimizer` (so the lr
     schedule applies), wrapped by `wrap` (DDP under Ray Train) like the net.
@@ -120,6 +120,9 @@ class LabelHead:
     def restore(head: LabelHead | None, state: dict) -> None:
         """Load `head` from a trainer state written by a run with the same head."""
         if head is None:
+            if "label_head" in state:       # else Adam's "different number of groups"
+                raise ValueError("this checkpoint was trained with the label head: resume "
+                                 "it with the --label-head it was trained with")
             return
         if "label_head" not in state:
             raise ValueError("this checkpoint was trained without the label head: resume it "

@@ -177,3 +177,5 @@ def test_hashgan_trainer_state_round_trips_through_weights_only_load(batch, synt
     with pytest.raises(ValueError, match="--label-head 0"):
         build_trainer(cfg, tiny_model(), meta=meta).load_state_dict(
             torch.load(tmp_path / "plain.pt", weights_only=True))
+    with pytest.raises(ValueError, match="trained with the label head"):     # and the other way
+        without.load_state_dict(state)
