@@ -44,7 +44,7 @@ from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.evaluation.evaluate import evaluate_model
 from hashgan_ray.files import move_into_place, temp_dir_for, write_text
 from hashgan_ray.model.checkpoint import WEIGHTS, load_model, write_model_files
-from hashgan_ray.output import ray_log_level, setup_output
+from hashgan_ray.output import epoch_line, ray_log_level, setup_output
 from hashgan_ray.train.methods import trainer_class
 
 log = logging.getLogger("hashgan_ray.experiment.grid")
@@ -156,7 +156,11 @@ def run_cell(cell: Cell, cfg: TrainConfig, *, with_pr: bool, with_masks: bool, f
     meta = read_meta(cfg.data)
     if not (Path(cfg.out) / "model" / WEIGHTS).is_file():
         if fit is None:
-            from hashgan_ray.train.loop import fit
+            from hashgan_ray.train.loop import fit as ray_fit
+
+            def fit(cfg, meta):      # a line per epoch, as `train` prints: a cell takes minutes
+                ray_fit(cfg, meta=meta, on_epoch=lambda metrics: log.info(
+                    "%s: %s", cell.key, epoch_line(metrics, cfg.epochs)))
         fit(cfg, meta=meta)
     trained = time.perf_counter()
     torch.set_num_threads(max(1, int(cfg.workers * cfg.cpus_per_worker)))   # the workers' CPUs, now free
