@@ -77,21 +77,17 @@ def build_trainer(cfg, model, *, meta=None, wrap=single_process, all_reduce=no_a
     schedule = LrSchedule(cfg.lr_schedule, cfg.epochs, cfg.lr_decay_every, cfg.lr_decay)
     # β2 = 0.999, Adam's default: the paper gives β1 only (section 4.1)
     common = dict(lr=cfg.lr, betas=(cfg.beta1, 0.999), schedule=schedule, wrap=wrap)
-
-    def adversarial() -> dict:
-        """HashGAN's objective and schedule; SCH-GAN's labelled term is that objective."""
-        args = dict(margin=cfg.margin, mining=cfg.mining, quantization=cfg.quantization,
-                    balance=cfg.balance, d_steps=cfg.d_steps, g_steps=cfg.g_steps,
-                    gather=gather, label_head=cfg.label_head)
+    if cfg.method in ("hashgan", "schgan"):
+        # HashGAN's objective and schedule; SCH-GAN's labelled term is that objective
+        adversarial = dict(margin=cfg.margin, mining=cfg.mining, quantization=cfg.quantization,
+                           balance=cfg.balance, d_steps=cfg.d_steps, g_steps=cfg.g_steps,
+                           gather=gather, label_head=cfg.label_head)
         if cfg.label_head > 0:              # the label head has a logit per label
-            args["num_labels"] = (meta or read_meta(cfg.data)).num_labels
-        return args
-
-    if cfg.method == "hashgan":
+            adversarial["num_labels"] = (meta or read_meta(cfg.data)).num_labels
+        if cfg.method == "schgan":
+            return cls(model, **common, **adversarial)
         oracle = Oracle(cfg.data, meta) if cfg.attention == ORACLE else None
-        return cls(model, **common, **adversarial(), oracle=oracle)
-    if cfg.method == "schgan":
-        return cls(model, **common, **adversarial())
+        return cls(model, **common, **adversarial, oracle=oracle)
     if cfg.method == "dcmh":
         return cls(model, **common, train_ids=train_ids, seed=cfg.seed, all_reduce=all_reduce)
     if cfg.method == "dfah":
