@@ -29,7 +29,10 @@ SMALL_HEADS = ("maxpool", "grid")            # model/backbones.py, the small tru
 # and the value they had in effect in a run saved before them: a finished run's
 # config without the field is read with this value, not today's default
 # (experiment/grid.py: a finished cell of the old setting is refused, not reused).
-VALUES_BEFORE_ADDED = {"label_head": 0.0}
+VALUES_BEFORE_ADDED = {"label_head": 0.0, "dcmh_balance": 1.0, "dcmh_prior": False}
+# Fields that only these methods read: a change of one does not make a finished
+# run of another method stale (experiment/grid.py).
+METHOD_FIELDS = {"dcmh_balance": ("dcmh",), "dcmh_prior": ("dcmh",)}
 
 
 @dataclass
@@ -70,6 +73,10 @@ class TrainConfig:
     balance: float = 1.0             # weight of the bit-balance term (train/losses.py); paper: none (0)
     label_head: float = 1.0          # weight of the label term, a linear label head on the codes
                                      # (train/steps.py LabelHead); paper: none (0)
+    dcmh_balance: float = 0.0        # DCMH's η (train/methods/dcmh.py); DCMH: 1, chosen by
+                                     # cross-validation on its data; 0 here (docs/methods.md)
+    dcmh_prior: bool = True          # DCMH's likelihood with the base rate of similar pairs as
+                                     # its prior, σ(θ + logit s); DCMH: none (off)
     # data
     cache_train: bool = True         # decode the train split once into Ray's object store
                                      # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
@@ -111,7 +118,7 @@ class TrainConfig:
                                      ("small_head", self.small_head, SMALL_HEADS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name in ("quantization", "balance", "label_head"):
+        for name in ("quantization", "balance", "label_head", "dcmh_balance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.placement_strategy not in PLACEMENT:

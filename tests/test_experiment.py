@@ -111,6 +111,27 @@ def test_a_cell_finished_before_an_option_existed_counts_with_the_value_it_had(t
     assert finished_result(cell, same, tmp_path)["map_i2t"] == 0.5
 
 
+def test_a_change_of_one_methods_option_leaves_the_other_methods_cells_finished(tmp_path):
+    """DCMH's options (config.METHOD_FIELDS) do not make a finished HashGAN cell
+    stale; a DCMH cell that ran DCMH's paper values before they were options
+    (config.VALUES_BEFORE_ADDED) is refused under today's defaults."""
+    from hashgan_ray.experiment.grid import RESULT, finished_result
+
+    for setting, refused in (("hashgan-none", False), ("dcmh", True)):
+        cell = Cell("/d", "synth", "small", 16, setting, 1.0, 0)
+        cfg = cell.config(TrainConfig(epochs=1), tmp_path)
+        saved = {k: v for k, v in cfg.to_dict().items() if not k.startswith("dcmh_")}
+        cell.directory(tmp_path).mkdir(parents=True)
+        (cell.directory(tmp_path) / RESULT).write_text(json.dumps({"config": saved, "map_i2t": 0.5}))
+        if refused:
+            with pytest.raises(ValueError, match=r"dcmh_balance 1\.0 -> 0\.0, dcmh_prior False -> True"):
+                finished_result(cell, cfg, tmp_path)
+            paper = cell.config(TrainConfig(epochs=1, dcmh_balance=1.0, dcmh_prior=False), tmp_path)
+            assert finished_result(cell, paper, tmp_path)["map_i2t"] == 0.5
+        else:
+            assert finished_result(cell, cfg, tmp_path)["map_i2t"] == 0.5
+
+
 def section(report: str, title: str) -> str:
     return report.split(f"## {title}")[1].split("\n## ")[0]
 

@@ -40,6 +40,9 @@ TRAIN_HELP = {
     "quantization": "weight of the quantization term", "balance": "weight of the bit-balance term",
     "label_head": "weight of the label term: a linear label head on the codes, softmax "
                   "cross-entropy (HashGAN, SCH-GAN; 0: the paper's triplets alone)",
+    "dcmh_balance": "DCMH's bit-balance weight η (DCMH's paper: 1)",
+    "dcmh_prior": "DCMH's likelihood with the share of similar pairs as its prior "
+                  "(DCMH's paper: off)",
     "cache_train": "decode the train split once into Ray's object store (else every epoch)",
     "val_database": "database sample for the per-epoch validation MAP (0: all)",
     "workers": "Ray Train workers (data parallel)", "gpus_per_worker": "GPUs of each worker",

@@ -37,8 +37,8 @@ try:
 except ImportError:      # run_cell with its own `fit` works without Ray (benchmarks/attention_study.py)
     ray = None
 
-from hashgan_ray.config import (ATTENTION, METHODS, ORACLE, VALUES_BEFORE_ADDED, TrainConfig,
-                                runs_that_fit)
+from hashgan_ray.config import (ATTENTION, METHOD_FIELDS, METHODS, ORACLE, VALUES_BEFORE_ADDED,
+                                TrainConfig, runs_that_fit)
 from hashgan_ray.data.format import DatasetMeta, read_meta
 from hashgan_ray.data.oracle import Oracle
 from hashgan_ray.evaluation.evaluate import evaluate_model
@@ -199,7 +199,9 @@ def finished_result(cell: Cell, cfg: TrainConfig, out) -> dict | None:
     wanted, defaults = cfg.to_dict(), TrainConfig().to_dict()
     # options added since: their defaults, or the value they had before (config.py)
     had = {**defaults, **VALUES_BEFORE_ADDED, **result["config"]}
-    differ = sorted(k for k in wanted if k not in ("data", "out") and had[k] != wanted[k])
+    other_methods = {k for k, methods in METHOD_FIELDS.items() if cfg.method not in methods}
+    differ = sorted(k for k in wanted
+                    if k not in ("data", "out", *other_methods) and had[k] != wanted[k])
     if differ:
         changes = ", ".join(f"{k} {had.get(k)!r} -> {wanted[k]!r}" for k in differ)
         raise ValueError(f"{path}: this cell finished with other settings ({changes}); "

@@ -128,8 +128,20 @@ def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: fl
     return terms
 
 
-def pairwise_nll(x: torch.Tensor, y: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
-    """J(X, Y) = mean_ij [log(1 + exp Θ_ij) − S_ij Θ_ij], Θ = ½ X Yᵀ (DCMH eq. 2):
-    the pairwise likelihood loss of DCMH, also DFAH's pair-wise supervision."""
-    theta = 0.5 * x @ y.T                                              # (n, n)
+def pairwise_nll(x: torch.Tensor, y: torch.Tensor, sim: torch.Tensor,
+                 bias: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """J(X, Y) = mean_ij [log(1 + exp Θ_ij) − S_ij Θ_ij], Θ = ½ X Yᵀ + bias (DCMH eq. 2,
+    where bias = 0): the pairwise likelihood loss of DCMH, also DFAH's pair-wise
+    supervision. `bias`: a prior on S, see base_rate_logit."""
+    theta = 0.5 * x @ y.T + bias                                       # (n, m)
     return (F.softplus(theta) - sim.float() * theta).mean()
+
+
+def base_rate_logit(sim: torch.Tensor) -> torch.Tensor:
+    """logit s, s = the share of similar pairs in `sim`: as the bias of
+    pairwise_nll, P(S_ij = 1) = σ(½ F_i·G_j + logit s) is s where the outputs
+    carry nothing yet (Θ = 0), so the likelihood's gradient on Θ sums to zero
+    there instead of pushing every pair towards "dissimilar" when few are
+    similar (docs/methods.md, DCMH)."""
+    share = sim.float().mean().clamp(1e-4, 1 - 1e-4)
+    return torch.log(share / (1 - share))

@@ -28,10 +28,8 @@ Choices (docs/methods.md):
   own ‖F_i‖² n/b times more than DCMH's term does: a penalty on the spread of
   the outputs (its expectation exceeds DCMH's by η n tr Cov(F) / b; on the
   emoji set, n/b = 16, the image outputs' mean |F| fell from 0.50 to 0.08 in
-  3 epochs, 0.14-0.19 with this estimate; tests/train/test_dcmh.py). It was
-  not the only cause: DCMH still sits near chance on the emoji and synthetic
-  sets, the likelihood of rare similar pairs being nearly flat around θ = 0
-  (docs/methods.md, DCMH, has what was measured and tried). DCMH's own form (the
+  3 epochs, 0.14-0.19 with this estimate; tests/train/test_dcmh.py). It is
+  off by default all the same (η = 0, below). DCMH's own form (the
   buffered rows plus the fresh batch) lets every batch of an epoch correct
   against the same stale sum under Adam, and the corrections add up: each
   bit's mean swung from one sign to the other epoch after epoch (1,200
@@ -43,8 +41,18 @@ Choices (docs/methods.md):
 * B is updated once per epoch (DCMH: once per outer iteration), after the
   buffers are summed over the workers: within an epoch each row is refreshed
   by exactly one rank, so zeros-elsewhere copies add up to the whole buffer.
+* Two departures from DCMH, each one option away (TrainConfig.dcmh_balance,
+  dcmh_prior; docs/methods.md has what was measured). η = 0 rather than DCMH's
+  1: DCMH chose γ and η by cross-validation on its data, and here the batch
+  estimate above is unbounded below (a batch whose outputs cancel has a negative
+  estimate, growing with ‖F‖²), and the image network drives it down: its term
+  fell to -126 per pair by epoch 15 on the synthetic set (its BatchNorm, which
+  ties a batch's outputs together, the likely means; not isolated). And a
+  prior on S: σ(θ_ij + logit s), s the share of similar pairs, so that at θ = 0
+  the likelihood predicts the base rate; without it, with 3% similar pairs,
+  its gradient pulled every pair towards "dissimilar" and shrank the outputs.
 * Adam (the run's lr and betas) and the lr schedule of HashGAN rather than DCMH's
-  SGD, so both methods run under the same optimiser settings. γ = η = 1 as in
+  SGD, so both methods run under the same optimiser settings. γ = 1 as in
   DCMH. The logged terms are per pair (J's share divided by batch x n_train);
   the gradient is J's share per batch row (divided by the batch only). The
   factor n is not free under Adam: with it, the text network's gradients sat
@@ -56,28 +64,31 @@ import torch
 from torch import nn
 
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
-from hashgan_ray.train.losses import label_similarity, pairwise_nll
+from hashgan_ray.train.losses import base_rate_logit, label_similarity, pairwise_nll
 from hashgan_ray.train.steps import LrSchedule, Optimizers, autocast, no_all_reduce, single_process
 
 GAMMA = 1.0   # quantization weight γ (DCMH, section 4.1)
-ETA = 1.0     # balance weight η (DCMH, section 4.1)
+ETA = 1.0     # balance weight η, DCMH's (section 4.1); a run's is TrainConfig.dcmh_balance
 
 
 def dcmh_loss(out: torch.Tensor, rows: torch.Tensor, other: torch.Tensor, known: torch.Tensor,
               sim: torch.Tensor, codes: torch.Tensor, *, gamma: float = GAMMA,
-              eta: float = ETA) -> dict[str, torch.Tensor]:
+              eta: float = ETA, prior: bool = False) -> dict[str, torch.Tensor]:
     """The terms of J that depend on one modality's batch outputs, per pair.
 
     out (b, q): this modality's outputs for the training rows `rows` (b,);
     other (n, q): the other modality's buffer; known (n,) bool: its rows that
     hold network outputs; sim (b, n): S between the batch and every row;
     codes (n, q): B. The balance term is estimated from the batch's pairs of
-    distinct rows (module docstring).
+    distinct rows (module docstring). prior: θ_ij + logit s, s the share of
+    similar pairs among them (losses.base_rate_logit; DCMH: none).
     """
     out = out.float()
     b, n, seen = out.shape[0], other.shape[0], int(known.sum())
+    pairs = sim[:, known]
+    bias = base_rate_logit(pairs) if prior and seen else 0.0
     # mean over the (b, seen) pairs -> sum over them / (b n)
-    nll = pairwise_nll(out, other[known], sim[:, known]) * (seen / n) if seen else out.sum() * 0
+    nll = pairwise_nll(out, other[known], pairs, bias) * (seen / n) if seen else out.sum() * 0
     quantization = gamma * (codes[rows] - out).pow(2).sum()
     # the batch's share of η‖F·1‖², without bias (module docstring)
     balance = eta * (out.pow(2).sum() + (n - 1) / max(b - 1, 1) * balance_pairs(out))
@@ -124,14 +135,16 @@ class DCMHTrainer:
     uses_unlabeled = False
 
     def __init__(self, model: HashGAN, *, train_ids, lr: float, betas: tuple[float, float],
-                 schedule: LrSchedule, seed: int = 0, wrap=single_process,
-                 all_reduce=no_all_reduce):
+                 schedule: LrSchedule, seed: int = 0, eta: float = ETA, prior: bool = False,
+                 wrap=single_process, all_reduce=no_all_reduce):
         """train_ids: the sorted dataset ids of the training split (a buffer row
-        each); seed: of the random start of the buffers, the same on every rank."""
+        each); seed: of the random start of the buffers, the same on every rank;
+        eta, prior: dcmh_loss's."""
         if train_ids is None:
             raise ValueError("DCMH needs the training ids (its buffers have a row per training pair)")
         self.model = model
         self.all_reduce = all_reduce
+        self.eta, self.prior = eta, prior
         device = next(model.parameters()).device
         self.train_ids = torch.as_tensor(train_ids, dtype=torch.int64, device=device)
         self.branches = {m: Branch(model.net, m) for m in ("image", "text")}
@@ -166,7 +179,8 @@ class DCMHTrainer:
         for modality, other, x in (("image", "text", batch["image"]), ("text", "image", batch["text"])):
             with autocast(x.device):
                 out = self.nets[modality](x)
-            terms = dcmh_loss(out, rows, self.buffers[other], self.known[other], sim, self.codes)
+            terms = dcmh_loss(out, rows, self.buffers[other], self.known[other], sim, self.codes,
+                              eta=self.eta, prior=self.prior)
             opt = self.optimizers[f"opt_{modality}"]
             opt.zero_grad(set_to_none=True)
             # Backpropagate J's share per batch row (DCMH's gradient / b), not per pair:
