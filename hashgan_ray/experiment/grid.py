@@ -199,9 +199,10 @@ def finished_result(cell: Cell, cfg: TrainConfig, out) -> dict | None:
     wanted, defaults = cfg.to_dict(), TrainConfig().to_dict()
     # options added since: their defaults, or the value they had before (config.py)
     had = {**defaults, **VALUES_BEFORE_ADDED, **result["config"]}
-    other_methods = {k for k, methods in METHOD_FIELDS.items() if cfg.method not in methods}
+    # options that only other methods read (config.METHOD_FIELDS) cannot make this cell stale
+    unread = {k for k, methods in METHOD_FIELDS.items() if cfg.method not in methods}
     differ = sorted(k for k in wanted
-                    if k not in ("data", "out", *other_methods) and had[k] != wanted[k])
+                    if k not in ("data", "out", *unread) and had[k] != wanted[k])
     if differ:
         changes = ", ".join(f"{k} {had.get(k)!r} -> {wanted[k]!r}" for k in differ)
         raise ValueError(f"{path}: this cell finished with other settings ({changes}); "
