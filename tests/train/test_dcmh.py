@@ -85,10 +85,10 @@ def test_the_batch_balance_term_estimates_dcmhs_term_without_penalising_spread()
 
 def test_the_prior_stops_rare_similar_pairs_from_pulling_every_pair_apart():
     """Where the outputs carry nothing yet (every θ_ij the same), the likelihood's
-    gradient along their shared direction is proportional to Σ_ij (σ(θ + bias) − S_ij): with 3%
-    of the pairs similar and no prior (DCMH's) it pulls every pair towards
-    "dissimilar", which shrank DCMH's outputs to zero on the emoji set; with the
-    base rate as the prior it is zero there (docs/methods.md, DCMH)."""
+    gradient along their shared direction is proportional to Σ_ij (σ(θ + bias) −
+    S_ij): with 3% of the pairs similar and no prior (DCMH's) it pulls every pair
+    towards "dissimilar", which shrank DCMH's text outputs to near zero on the
+    emoji set; with the base rate as the prior it is zero there (docs/methods.md)."""
     from hashgan_ray.train.losses import base_rate_logit, pairwise_nll
 
     g = torch.Generator().manual_seed(0)
