@@ -135,11 +135,12 @@ class DCMHTrainer:
     uses_unlabeled = False
 
     def __init__(self, model: HashGAN, *, train_ids, lr: float, betas: tuple[float, float],
-                 schedule: LrSchedule, seed: int = 0, eta: float = ETA, prior: bool = False,
+                 schedule: LrSchedule, eta: float, prior: bool, seed: int = 0,
                  wrap=single_process, all_reduce=no_all_reduce):
         """train_ids: the sorted dataset ids of the training split (a buffer row
-        each); seed: of the random start of the buffers, the same on every rank;
-        eta, prior: dcmh_loss's."""
+        each); eta, prior: dcmh_loss's, with no default here (TrainConfig's
+        dcmh_balance and dcmh_prior hold the run's); seed: of the random start
+        of the buffers, the same on every rank."""
         if train_ids is None:
             raise ValueError("DCMH needs the training ids (its buffers have a row per training pair)")
         self.model = model
