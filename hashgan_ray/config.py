@@ -32,7 +32,10 @@ SMALL_HEADS = ("maxpool", "grid")            # model/backbones.py, the small tru
 VALUES_BEFORE_ADDED = {"label_head": 0.0, "dcmh_balance": 1.0, "dcmh_prior": False}
 # Fields that only these methods read: a change of one does not make a finished
 # run of another method stale (experiment/grid.py).
-METHOD_FIELDS = {"dcmh_balance": ("dcmh",), "dcmh_prior": ("dcmh",)}
+METHOD_FIELDS = {"dcmh_balance": ("dcmh",), "dcmh_prior": ("dcmh",),
+                 # HashGAN's objective and schedule, which SCH-GAN's labelled term shares
+                 **dict.fromkeys(("margin", "mining", "quantization", "balance", "d_steps",
+                                  "g_steps", "label_head"), ("hashgan", "schgan"))}
 
 
 @dataclass

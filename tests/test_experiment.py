@@ -132,6 +132,27 @@ def test_a_change_of_one_methods_option_leaves_the_other_methods_cells_finished(
             assert finished_result(cell, cfg, tmp_path)["map_i2t"] == 0.5
 
 
+
+def test_a_change_of_hashgans_objective_leaves_the_other_methods_cells_finished(tmp_path):
+    """The label head's weight and the margin are HashGAN's and SCH-GAN's alone
+    (config.METHOD_FIELDS): cells of DCMH, DFAH and the reference that finished
+    with other values are still finished; HashGAN's and SCH-GAN's are refused."""
+    from hashgan_ray.experiment.grid import RESULT, finished_result
+
+    for setting in ("hashgan-none", "schgan", "dcmh", "dfah", "supervised"):
+        cell = Cell("/d", "synth", "small", 16, setting, 1.0, 0)
+        ran = cell.config(TrainConfig(epochs=1, label_head=3.0, margin=2.0), tmp_path)
+        cell.directory(tmp_path).mkdir(parents=True)
+        (cell.directory(tmp_path) / RESULT).write_text(
+            json.dumps({"config": ran.to_dict(), "map_i2t": 0.5}))
+        wanted = cell.config(TrainConfig(epochs=1, label_head=1.0, margin=1.0), tmp_path)
+        if setting in ("hashgan-none", "schgan"):
+            with pytest.raises(ValueError, match=r"label_head 3\.0 -> 1\.0, margin 2\.0 -> 1\.0"):
+                finished_result(cell, wanted, tmp_path)
+        else:
+            assert finished_result(cell, wanted, tmp_path)["map_i2t"] == 0.5
+
+
 def section(report: str, title: str) -> str:
     return report.split(f"## {title}")[1].split("\n## ")[0]
 

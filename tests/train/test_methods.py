@@ -97,3 +97,29 @@ def test_optimizers_save_and_restore_by_name_with_their_schedulers(tmp_path):
     assert again["first"].state_dict()["state"][0]["step"] == 1
     assert again["first"].param_groups[0]["lr"] == 0.5
     assert again.schedulers[0].last_epoch == 1
+
+
+class ReadFields(TrainConfig):
+    """A TrainConfig that records the fields read from it once `read` is set
+    (not in its own __post_init__ checks)."""
+
+    def __getattribute__(self, name):
+        read = object.__getattribute__(self, "__dict__").get("read")
+        if read is not None and name in TrainConfig.__dataclass_fields__:
+            read.add(name)
+        return object.__getattribute__(self, name)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_method_fields_option_is_read_for_its_methods_alone(synth_data, method):
+    """config.METHOD_FIELDS lets a grid keep another method's finished cells when
+    one of these options changes (experiment/grid.py): each is read, in building
+    the model and the trainer, for exactly the methods it names."""
+    from hashgan_ray.config import METHOD_FIELDS
+
+    cfg = ReadFields(data=str(synth_data), method=method, **TINY)
+    cfg.read = set()
+    build_trainer(cfg, build_model(cfg, read_meta(synth_data)),
+                  train_ids=train_split_ids(synth_data))
+    assert {name for name, methods in METHOD_FIELDS.items() if method in methods} == (
+        cfg.read & set(METHOD_FIELDS))
