@@ -74,8 +74,9 @@ class TrainConfig:
     mining: str = "all"              # which triplets count (train/losses.py); all: the paper's
     quantization: float = 0.0        # weight of the quantization term (train/losses.py); paper: none
     balance: float = 1.0             # weight of the bit-balance term (train/losses.py); paper: none (0)
-    label_head: float = 1.0          # weight of the label term, a linear label head on the codes
-                                     # (train/steps.py LabelHead); paper: none (0)
+    label_head: float = 3.0          # weight of the label term, a linear label head on the codes
+                                     # (train/steps.py LabelHead; 3 measured best of 0.3-10,
+                                     # docs/quality.md); paper: none (0)
     dcmh_balance: float = 0.0        # DCMH's η (train/methods/dcmh.py); DCMH: 1, chosen by
                                      # cross-validation on its data; 0 here (docs/methods.md)
     dcmh_prior: bool = True          # DCMH's likelihood with the base rate of similar pairs as

@@ -105,7 +105,7 @@ def test_a_cell_finished_before_an_option_existed_counts_with_the_value_it_had(t
     saved = {k: v for k, v in cfg.to_dict().items() if k != "label_head"}   # before the option
     cell.directory(tmp_path).mkdir(parents=True)
     (cell.directory(tmp_path) / RESULT).write_text(json.dumps({"config": saved, "map_i2t": 0.5}))
-    with pytest.raises(ValueError, match=r"label_head 0\.0 -> 1\.0"):
+    with pytest.raises(ValueError, match=r"label_head 0\.0 -> 3\.0"):
         finished_result(cell, cfg, tmp_path)
     same = cell.config(TrainConfig(epochs=1, label_head=0.0), tmp_path)
     assert finished_result(cell, same, tmp_path)["map_i2t"] == 0.5
