@@ -132,7 +132,6 @@ def test_a_change_of_one_methods_option_leaves_the_other_methods_cells_finished(
             assert finished_result(cell, cfg, tmp_path)["map_i2t"] == 0.5
 
 
-
 def test_a_change_of_hashgans_objective_leaves_the_other_methods_cells_finished(tmp_path):
     """The label head's weight and the margin are HashGAN's and SCH-GAN's alone
     (config.METHOD_FIELDS): cells of DCMH, DFAH and the reference that finished
