@@ -32,7 +32,8 @@ SMALL_HEADS = ("maxpool", "grid")            # model/backbones.py, the small tru
 VALUES_BEFORE_ADDED = {"label_head": 0.0, "dcmh_balance": 1.0, "dcmh_prior": False}
 # Fields that only these methods read: a change of one does not make a finished
 # run of another method stale (experiment/grid.py).
-METHOD_FIELDS = {"dcmh_balance": ("dcmh",), "dcmh_prior": ("dcmh",),
+METHOD_FIELDS = {**dict.fromkeys(("dcmh_balance", "dcmh_prior", "dcmh_quantization",
+                                   "dcmh_pair_weights"), ("dcmh",)),
                  # HashGAN's objective and schedule, which SCH-GAN's labelled term shares
                  **dict.fromkeys(("margin", "mining", "quantization", "balance", "d_steps",
                                   "g_steps", "label_head"), ("hashgan", "schgan"))}
@@ -81,6 +82,9 @@ class TrainConfig:
                                      # cross-validation on its data; 0 here (docs/methods.md)
     dcmh_prior: bool = True          # DCMH's likelihood with the base rate of similar pairs as
                                      # its prior, σ(θ + logit s); DCMH: none (off)
+    dcmh_quantization: float = 1.0   # DCMH's γ, the weight of ‖B - F‖²; DCMH: 1
+    dcmh_pair_weights: bool = False  # weight similar and dissimilar pairs equally in DCMH's
+                                     # likelihood (HashNet's weighting); DCMH: off
     # data
     cache_train: bool = True         # decode the train split once into Ray's object store
                                      # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
@@ -122,7 +126,8 @@ class TrainConfig:
                                      ("small_head", self.small_head, SMALL_HEADS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name in ("quantization", "balance", "label_head", "dcmh_balance"):
+        for name in ("quantization", "balance", "label_head", "dcmh_balance",
+                     "dcmh_quantization"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.placement_strategy not in PLACEMENT:

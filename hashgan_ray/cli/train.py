@@ -43,6 +43,9 @@ TRAIN_HELP = {
     "dcmh_balance": "DCMH's bit-balance weight η (DCMH's paper: 1)",
     "dcmh_prior": "DCMH's likelihood with the share of similar pairs as its prior "
                   "(DCMH's paper: off)",
+    "dcmh_quantization": "DCMH's quantization weight γ (DCMH's paper: 1)",
+    "dcmh_pair_weights": "weight DCMH's similar and dissimilar pairs equally in its likelihood "
+                         "(HashNet's weighting; DCMH's paper: off)",
     "cache_train": "decode the train split once into Ray's object store (else every epoch)",
     "val_database": "database sample for the per-epoch validation MAP (0: all)",
     "workers": "Ray Train workers (data parallel)", "gpus_per_worker": "GPUs of each worker",

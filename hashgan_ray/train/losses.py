@@ -129,12 +129,25 @@ def hashgan_losses(codes: dict[str, torch.Tensor], sim: torch.Tensor, margin: fl
 
 
 def pairwise_nll(x: torch.Tensor, y: torch.Tensor, sim: torch.Tensor,
-                 bias: float | torch.Tensor = 0.0) -> torch.Tensor:
+                 bias: float | torch.Tensor = 0.0,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
     """J(X, Y) = mean_ij [log(1 + exp Θ_ij) − S_ij Θ_ij], Θ = ½ X Yᵀ + bias (DCMH eq. 2,
     where bias = 0): the pairwise likelihood loss of DCMH, also DFAH's pair-wise
-    supervision. `bias`: a prior on S, see base_rate_logit."""
+    supervision. `bias`: a prior on S, see base_rate_logit; `weight` (n, m): each
+    pair's weight in the mean, see balanced_pair_weights (None: all 1)."""
     theta = 0.5 * x @ y.T + bias                                       # (n, m)
-    return (F.softplus(theta) - sim.float() * theta).mean()
+    nll = F.softplus(theta) - sim.float() * theta
+    return (nll * weight).mean() if weight is not None else nll.mean()
+
+
+def balanced_pair_weights(sim: torch.Tensor) -> torch.Tensor:
+    """HashNet's weighting (Cao et al., ICCV 2017) of pairwise_nll's pairs: similar
+    pairs weigh 1 / 2s and dissimilar ones 1 / 2(1 − s), s the share of similar
+    pairs in `sim`, so that each kind holds half the mean's weight however rare
+    similar pairs are (the weights average to 1)."""
+    s = sim.float()
+    share = s.mean().clamp(1e-4, 1 - 1e-4)
+    return s / (2 * share) + (1 - s) / (2 * (1 - share))
 
 
 def base_rate_logit(sim: torch.Tensor) -> torch.Tensor:

@@ -122,17 +122,58 @@ def test_the_batch_balance_estimate_is_unbounded_below():
     assert float(dcmh_loss(10 * cancel, rows, other, known, sim, codes, eta=0.0)["balance"]) == 0
 
 
-def test_the_run_configuration_sets_dcmhs_balance_and_prior(synth_data):
-    """η and the prior come from TrainConfig (dcmh_balance, dcmh_prior): today's
-    defaults η = 0 with the prior, DCMH's paper one option away."""
+def test_the_run_configuration_sets_dcmhs_balance_prior_quantization_and_weights(synth_data):
+    """η, the prior, γ and the pair weighting come from TrainConfig (dcmh_*):
+    today's defaults η = 0 with the prior, DCMH's paper one option away."""
     from hashgan_ray.data.format import read_meta
 
     meta = read_meta(synth_data)
-    for options, want in (({}, (0.0, True)), ({"dcmh_balance": 1.0, "dcmh_prior": False},
-                                              (1.0, False))):
+    for options, want in (({}, (0.0, True, 1.0, False)),
+                          ({"dcmh_balance": 1.0, "dcmh_prior": False, "dcmh_quantization": 10.0,
+                            "dcmh_pair_weights": True}, (1.0, False, 10.0, True))):
         cfg = TrainConfig(data=str(synth_data), method="dcmh", **TINY, **options)
         trainer = build_trainer(cfg, build_model(cfg, meta), train_ids=np.arange(10))
-        assert (trainer.eta, trainer.prior) == want
+        assert (trainer.eta, trainer.prior, trainer.gamma, trainer.pair_weights) == want
+    with pytest.raises(ValueError, match="dcmh_quantization must be >= 0"):
+        TrainConfig(method="dcmh", dcmh_quantization=-1.0)
+
+
+def test_the_pair_weighting_gives_similar_and_dissimilar_pairs_half_the_likelihood_each():
+    """With 3% of the pairs similar, HashNet's weights make the similar pairs'
+    share of the weighted mean ½ (from 3%), the weights average to 1, and where
+    the outputs carry nothing (θ = 0, no prior) the gradient along their shared
+    direction is zero: the similar pairs' pull (½ each, weighted 1/2s) meets the
+    dissimilar pairs' push."""
+    from hashgan_ray.train.losses import balanced_pair_weights, pairwise_nll
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 33, (200,), generator=g)
+    sim = labels[:40, None] == labels[None, :]
+    weight = balanced_pair_weights(sim)
+    assert float(weight.mean()) == pytest.approx(1.0, rel=1e-5)
+    assert float(weight[sim].sum() / weight.sum()) == pytest.approx(0.5, rel=1e-5)
+    direction = torch.full((1, 8), 0.5)
+    rows, other = direction.repeat(40, 1), direction.repeat(200, 1)
+    for w, pull in ((None, "apart"), (weight, "none")):
+        scale = torch.zeros((), requires_grad=True)
+        pairwise_nll(scale * rows, other, sim, 0.0, w).backward()
+        if pull == "apart":
+            assert float(scale.grad) > 0.1
+        else:
+            assert float(scale.grad) == pytest.approx(0.0, abs=1e-6)
+    # in dcmh_loss: the weighted mean over the batch's known pairs, term by term
+    n, b, q = 12, 4, 3
+    out, other_rows = torch.randn(b, q, generator=g), torch.randn(n, q, generator=g)
+    rows, known = torch.tensor([0, 3, 5, 9]), torch.ones(n, dtype=torch.bool)
+    pairs = labels[:b, None] == labels[None, :n]
+    pairs[0, 1] = True                                     # at least one similar pair
+    got = dcmh_loss(out, rows, other_rows, known, pairs, torch.ones(n, q), eta=0.0,
+                    pair_weights=True)["nll"]
+    w = balanced_pair_weights(pairs)
+    want = sum(float(w[i, j]) * (math.log(1 + math.exp(0.5 * float(out[i] @ other_rows[j])))
+                                 - float(pairs[i, j]) * 0.5 * float(out[i] @ other_rows[j]))
+               for i in range(b) for j in range(n)) / (b * n)
+    assert float(got) == pytest.approx(want, rel=1e-5)
 
 
 def test_codes_are_the_sign_of_f_plus_g():

@@ -90,7 +90,8 @@ def build_trainer(cfg, model, *, meta=None, wrap=single_process, all_reduce=no_a
         return cls(model, **common, **adversarial, oracle=oracle)
     if cfg.method == "dcmh":
         return cls(model, **common, train_ids=train_ids, seed=cfg.seed, eta=cfg.dcmh_balance,
-                   prior=cfg.dcmh_prior, all_reduce=all_reduce)
+                   prior=cfg.dcmh_prior, gamma=cfg.dcmh_quantization,
+                   pair_weights=cfg.dcmh_pair_weights, all_reduce=all_reduce)
     if cfg.method == "dfah":
         return cls(model, **common, train_ids=train_ids, all_reduce=all_reduce)
     return cls(model, **common, num_labels=(meta or read_meta(cfg.data)).num_labels)  # supervised

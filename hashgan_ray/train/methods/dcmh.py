@@ -64,7 +64,8 @@ import torch
 from torch import nn
 
 from hashgan_ray.model.hashgan import FeatureHashing, HashGAN
-from hashgan_ray.train.losses import base_rate_logit, label_similarity, pairwise_nll
+from hashgan_ray.train.losses import (balanced_pair_weights, base_rate_logit, label_similarity,
+                                      pairwise_nll)
 from hashgan_ray.train.steps import LrSchedule, Optimizers, autocast, no_all_reduce, single_process
 
 GAMMA = 1.0   # quantization weight γ (DCMH, section 4.1)
@@ -73,7 +74,8 @@ ETA = 1.0     # balance weight η, DCMH's (section 4.1); a run's is TrainConfig.
 
 def dcmh_loss(out: torch.Tensor, rows: torch.Tensor, other: torch.Tensor, known: torch.Tensor,
               sim: torch.Tensor, codes: torch.Tensor, *, gamma: float = GAMMA,
-              eta: float = ETA, prior: bool = False) -> dict[str, torch.Tensor]:
+              eta: float = ETA, prior: bool = False,
+              pair_weights: bool = False) -> dict[str, torch.Tensor]:
     """The terms of J that depend on one modality's batch outputs, per pair.
 
     out (b, q): this modality's outputs for the training rows `rows` (b,);
@@ -81,14 +83,17 @@ def dcmh_loss(out: torch.Tensor, rows: torch.Tensor, other: torch.Tensor, known:
     hold network outputs; sim (b, n): S between the batch and every row;
     codes (n, q): B. The balance term is estimated from the batch's pairs of
     distinct rows (module docstring). prior: θ_ij + logit s, s the share of
-    similar pairs among them (losses.base_rate_logit; DCMH: none).
+    similar pairs among them (losses.base_rate_logit; DCMH: none). pair_weights:
+    similar and dissimilar pairs weigh half the likelihood each
+    (losses.balanced_pair_weights; DCMH: off).
     """
     out = out.float()
     b, n, seen = out.shape[0], other.shape[0], int(known.sum())
     pairs = sim[:, known]
     bias = base_rate_logit(pairs) if prior and seen else 0.0
+    weight = balanced_pair_weights(pairs) if pair_weights and seen else None
     # mean over the (b, seen) pairs -> sum over them / (b n)
-    nll = pairwise_nll(out, other[known], pairs, bias) * (seen / n) if seen else out.sum() * 0
+    nll = pairwise_nll(out, other[known], pairs, bias, weight) * (seen / n) if seen else out.sum() * 0
     quantization = gamma * (codes[rows] - out).pow(2).sum()
     # the batch's share of η‖F·1‖², without bias (module docstring)
     balance = eta * (out.pow(2).sum() + (n - 1) / max(b - 1, 1) * balance_pairs(out))
@@ -135,17 +140,19 @@ class DCMHTrainer:
     uses_unlabeled = False
 
     def __init__(self, model: HashGAN, *, train_ids, lr: float, betas: tuple[float, float],
-                 schedule: LrSchedule, eta: float, prior: bool, seed: int = 0,
+                 schedule: LrSchedule, eta: float, prior: bool, gamma: float,
+                 pair_weights: bool, seed: int = 0,
                  wrap=single_process, all_reduce=no_all_reduce):
         """train_ids: the sorted dataset ids of the training split (a buffer row
-        each); eta, prior: dcmh_loss's, with no default here (TrainConfig's
-        dcmh_balance and dcmh_prior hold the run's); seed: of the random start
+        each); eta, prior, gamma, pair_weights: dcmh_loss's, with no default here
+        (TrainConfig's dcmh_balance, dcmh_prior, dcmh_quantization and
+        dcmh_pair_weights hold the run's); seed: of the random start
         of the buffers, the same on every rank."""
         if train_ids is None:
             raise ValueError("DCMH needs the training ids (its buffers have a row per training pair)")
         self.model = model
         self.all_reduce = all_reduce
-        self.eta, self.prior = eta, prior
+        self.eta, self.prior, self.gamma, self.pair_weights = eta, prior, gamma, pair_weights
         device = next(model.parameters()).device
         self.train_ids = torch.as_tensor(train_ids, dtype=torch.int64, device=device)
         self.branches = {m: Branch(model.net, m) for m in ("image", "text")}
@@ -157,7 +164,7 @@ class DCMHTrainer:
         # DCMH's start: random F, G and B = sign(F + G); the same on every rank (seeded).
         gen = torch.Generator().manual_seed(seed)
         self.buffers = {m: torch.randn(n, bits, generator=gen).to(device) for m in ("image", "text")}
-        self.codes = update_codes(self.buffers["image"], self.buffers["text"])
+        self.codes = update_codes(self.buffers["image"], self.buffers["text"], gamma)
         self.known = {m: torch.zeros(n, dtype=torch.bool, device=device) for m in ("image", "text")}
         self.labels: torch.Tensor | None = None        # (n, L) multi-hot, made at the first batch
         self.fresh = torch.zeros(n, dtype=torch.bool, device=device)   # rows refreshed this epoch
@@ -181,7 +188,8 @@ class DCMHTrainer:
             with autocast(x.device):
                 out = self.nets[modality](x)
             terms = dcmh_loss(out, rows, self.buffers[other], self.known[other], sim, self.codes,
-                              eta=self.eta, prior=self.prior)
+                              gamma=self.gamma, eta=self.eta, prior=self.prior,
+                              pair_weights=self.pair_weights)
             opt = self.optimizers[f"opt_{modality}"]
             opt.zero_grad(set_to_none=True)
             # Backpropagate J's share per batch row (DCMH's gradient / b), not per pair:
@@ -209,7 +217,7 @@ class DCMHTrainer:
             table[done] = summed[done] / count[done].unsqueeze(1)
         for known in self.known.values():
             known |= done
-        self.codes = update_codes(self.buffers["image"], self.buffers["text"])
+        self.codes = update_codes(self.buffers["image"], self.buffers["text"], self.gamma)
         self.fresh.zero_()
         self.optimizers.end_epoch()
 
