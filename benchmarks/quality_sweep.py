@@ -99,8 +99,23 @@ CANDIDATES_3 = {"base": {}, "label-head-1": {"label_head": 1.0}}
 ROUND_4_BASE = {"text_hidden": 4096, "text_features": 1024, "label_head": 1.0}
 CANDIDATES_4 = {"base": {}, "label-head-0.3": {"label_head": 0.3},
                 "label-head-3": {"label_head": 3.0}, "label-head-10": {"label_head": 10.0}}
+# Round 5 (issue 25), decided before running it (2026-12-06): DCMH, not HashGAN. With
+# its fix (η = 0, the prior) DCMH reaches 0.74 / 0.49 of the supervised reference on
+# emoji against the issue's 0.8. Does one of the choices DCMH's paper leaves to its
+# data or that this port made (γ, which DCMH chose by cross-validation; HashNet's
+# equal weighting of similar and dissimilar pairs in place of the prior, the
+# standard remedy for rare similar pairs; Adam's lr, HashGAN's so far) raise DCMH's
+# whole-database MAP? The base is train's defaults with --method dcmh. The rule as
+# round 4's: adopted if its mean over seeds is higher than the base's in both
+# directions on both benchmarks, emoji first (the synthetic set only for the
+# candidates that pass there); of several, the one with the larger mean gain.
+ROUND_5_BASE = {"text_hidden": 4096, "text_features": 1024, "label_head": 3.0, "method": "dcmh"}
+CANDIDATES_5 = {"base": {}, "gamma-0.1": {"dcmh_quantization": 0.1},
+                "gamma-10": {"dcmh_quantization": 10.0},
+                "pair-weights": {"dcmh_pair_weights": True, "dcmh_prior": False},
+                "lr-3e-4": {"lr": 3e-4}}
 ROUNDS = {1: ({}, CANDIDATES), 2: (ROUND_2_BASE, CANDIDATES_2), 3: (ROUND_3_BASE, CANDIDATES_3),
-          4: (ROUND_4_BASE, CANDIDATES_4)}
+          4: (ROUND_4_BASE, CANDIDATES_4), 5: (ROUND_5_BASE, CANDIDATES_5)}
 # The compared methods, rerun in the combined stage with what applies to them.
 OTHER_METHODS = ("dcmh", "dfah", "schgan")
 
