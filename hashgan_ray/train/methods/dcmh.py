@@ -53,7 +53,9 @@ Choices (docs/methods.md):
   its gradient pulled every pair towards "dissimilar" and shrank the outputs.
 * Adam (the run's lr and betas) and the lr schedule of HashGAN rather than DCMH's
   SGD, so both methods run under the same optimiser settings. γ = 1 as in
-  DCMH. The logged terms are per pair (J's share divided by batch x n_train);
+  DCMH (TrainConfig.dcmh_quantization); HashNet's equal weighting of similar
+  and dissimilar pairs, the usual remedy for rare similar pairs, is an option
+  (dcmh_pair_weights, off as in DCMH; docs/methods.md has what was measured). The logged terms are per pair (J's share divided by batch x n_train);
   the gradient is J's share per batch row (divided by the batch only). The
   factor n is not free under Adam: with it, the text network's gradients sat
   at Adam's eps and its steps were damped (tests/train/test_dcmh.py).
