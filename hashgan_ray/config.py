@@ -86,6 +86,8 @@ class TrainConfig:
     dcmh_pair_weights: bool = False  # weight similar and dissimilar pairs equally in DCMH's
                                      # likelihood (HashNet's weighting); DCMH: off
     # data
+    augment_shift: int = 0           # move each training image by up to this many px per axis,
+                                     # drawn afresh every step (train/augment.py); 0: none (the paper)
     cache_train: bool = True         # decode the train split once into Ray's object store
                                      # (DCMH train splits are <= 10,500 pairs, ~1.6 GB at 224 px);
                                      # False: stream and decode it again every epoch
@@ -102,7 +104,7 @@ class TrainConfig:
         if self.bits <= 0 or self.bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {self.bits}")
         for name, least in (("epochs", 1), ("workers", 1), ("batch_size", 1), ("text_hidden", 1),
-                            ("text_features", 1), ("lr_decay_every", 1), ("val_database", 0),
+                            ("text_features", 1), ("lr_decay_every", 1), ("val_database", 0), ("augment_shift", 0),
                             ("cpus_per_worker", 0), ("gpus_per_worker", 0)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
@@ -113,6 +115,9 @@ class TrainConfig:
                              f"got {self.attention!r}")
         if self.attention == ORACLE and self.method != "hashgan":
             raise ValueError("attention 'oracle' applies to method 'hashgan' only")
+        if self.attention == ORACLE and self.augment_shift:
+            raise ValueError("attention 'oracle' reads the true masks of unshifted images: "
+                             "it cannot be combined with augment_shift")
         if self.ste not in STE:
             raise ValueError(f"ste must be one of {STE}, got {self.ste!r}")
         if self.method not in METHODS:

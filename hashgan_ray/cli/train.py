@@ -46,6 +46,8 @@ TRAIN_HELP = {
     "dcmh_quantization": "DCMH's quantization weight γ (DCMH's paper: 1)",
     "dcmh_pair_weights": "weight DCMH's similar and dissimilar pairs equally in its likelihood "
                          "(HashNet's weighting; DCMH's paper: off)",
+    "augment_shift": "move each training image by up to this many pixels in each axis, "
+                     "afresh every step (0: none, the paper's)",
     "cache_train": "decode the train split once into Ray's object store (else every epoch)",
     "val_database": "database sample for the per-epoch validation MAP (0: all)",
     "workers": "Ray Train workers (data parallel)", "gpus_per_worker": "GPUs of each worker",

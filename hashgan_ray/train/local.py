@@ -16,6 +16,7 @@ import torch
 from hashgan_ray.data.format import DatasetMeta, read_meta
 from hashgan_ray.data.loading import BatchSpec, iter_batches
 from hashgan_ray.data.splits import labeled_ids, mark_labeled
+from hashgan_ray.train.augment import random_shift
 from hashgan_ray.train.methods import build_model, build_trainer, trainer_class
 
 
@@ -49,13 +50,16 @@ def train_in_memory(cfg, *, device="cpu", train: dict | None = None, on_epoch=No
     tensors = {k: torch.as_tensor(v, device=device) for k, v in train.items()}
     n = len(tensors["id"])
     order = torch.Generator().manual_seed(cfg.seed)
+    shifts = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(cfg.epochs):
         model.train()
         started, sums, steps = time.perf_counter(), {}, 0
         perm = torch.randperm(n, generator=order).to(device)
         for step, start in enumerate(range(0, n - cfg.batch_size + 1, cfg.batch_size)):
             rows = perm[start:start + cfg.batch_size]
-            stats = trainer.step(step, {k: v[rows] for k, v in tensors.items()})
+            batch = {k: v[rows] for k, v in tensors.items()}
+            batch["image"] = random_shift(batch["image"], cfg.augment_shift, shifts)
+            stats = trainer.step(step, batch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1

@@ -35,6 +35,7 @@ from hashgan_ray.model.backbones import pretrained_path
 from hashgan_ray.model.checkpoint import TRAIN_STATE, WEIGHTS, export_model, write_model_files
 from hashgan_ray.model.encode import encode_split
 from hashgan_ray.output import ray_log_level
+from hashgan_ray.train.augment import random_shift
 from hashgan_ray.train.methods import build_model, build_trainer, no_all_reduce, trainer_class
 
 try:    # Ray Train's internal class (Ray 2.60): if a later Ray moves it, training still
@@ -181,6 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     val_ids = sample_ids(cfg.data, "database", cfg.val_database, cfg.seed) if rank == 0 else None
 
+    shifts = torch.Generator().manual_seed(cfg.seed * 1_000 + rank)   # each worker its own draws
     attempt_started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -191,6 +193,7 @@ def train_loop_per_worker(config: dict) -> None:
                                            local_shuffle_buffer_size=SHUFFLE_BUFFER,
                                            local_shuffle_seed=cfg.seed * 100_003 + epoch)
         for step, batch in enumerate(batches):
+            batch["image"] = random_shift(batch["image"], cfg.augment_shift, shifts)
             stats = trainer.step(step, batch)
             for k, v in stats.items():
                 sums[k] += v

@@ -21,7 +21,10 @@ def adam_steps(checkpoint: Path) -> int:
 
 
 def test_two_workers_stay_in_sync_then_resume_with_optimizer_state(ray3, synth_data, tmp_path):
-    cfg = TrainConfig(data=str(synth_data), out=str(tmp_path / "run"), epochs=1, workers=2, **TINY)
+    # augment_shift: each worker shifts its Ray Data batches (train/augment.py) and the
+    # replicas stay in sync all the same
+    cfg = TrainConfig(data=str(synth_data), out=str(tmp_path / "run"), epochs=1, workers=2,
+                      augment_shift=2, **TINY)
     first = fit(cfg)
     assert first.metrics["epoch"] == 1 and first.metrics["replicas_in_sync"] == 1.0
     assert first.metrics["map_i2t"] > 0 and first.metrics["map_t2i"] > 0
