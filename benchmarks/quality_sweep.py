@@ -114,8 +114,23 @@ CANDIDATES_5 = {"base": {}, "gamma-0.1": {"dcmh_quantization": 0.1},
                 "gamma-10": {"dcmh_quantization": 10.0},
                 "pair-weights": {"dcmh_pair_weights": True, "dcmh_prior": False},
                 "lr-3e-4": {"lr": 3e-4}}
+# Round 6 (issue 25), decided before running it (2026-12-06): image to text on emoji is
+# where HashGAN, and every method, is furthest from the issue's goal (0.38 of the
+# ceiling against 0.5); the image network learns 99 labels from 1,000 glyphs from
+# scratch. Does moving each training image by up to 2 or 4 px per axis (edge-
+# replicated, drawn afresh every step; TrainConfig.augment_shift) raise HashGAN's
+# whole-database MAP? An earlier probe by a scratch driver (docs/quality.md) lost,
+# text to image by 0.185, which was not understood; this is the option as the
+# project implements and tests it. The base is train's defaults. The rule as round
+# 4's: adopted if its mean over seeds is higher than the base's in both directions
+# on both benchmarks, emoji first; of two, the one with the larger mean gain. If
+# one is adopted, the supervised reference is then run with it too (the yardstick
+# of the goal's ratios trains with train's defaults).
+ROUND_6_BASE = {"text_hidden": 4096, "text_features": 1024, "label_head": 3.0}
+CANDIDATES_6 = {"base": {}, "shift-2": {"augment_shift": 2}, "shift-4": {"augment_shift": 4}}
 ROUNDS = {1: ({}, CANDIDATES), 2: (ROUND_2_BASE, CANDIDATES_2), 3: (ROUND_3_BASE, CANDIDATES_3),
-          4: (ROUND_4_BASE, CANDIDATES_4), 5: (ROUND_5_BASE, CANDIDATES_5)}
+          4: (ROUND_4_BASE, CANDIDATES_4), 5: (ROUND_5_BASE, CANDIDATES_5),
+          6: (ROUND_6_BASE, CANDIDATES_6)}
 # The compared methods, rerun in the combined stage with what applies to them.
 OTHER_METHODS = ("dcmh", "dfah", "schgan")
 
