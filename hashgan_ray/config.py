@@ -104,8 +104,8 @@ class TrainConfig:
         if self.bits <= 0 or self.bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {self.bits}")
         for name, least in (("epochs", 1), ("workers", 1), ("batch_size", 1), ("text_hidden", 1),
-                            ("text_features", 1), ("lr_decay_every", 1), ("val_database", 0), ("augment_shift", 0),
-                            ("cpus_per_worker", 0), ("gpus_per_worker", 0)):
+                            ("text_features", 1), ("lr_decay_every", 1), ("val_database", 0),
+                            ("augment_shift", 0), ("cpus_per_worker", 0), ("gpus_per_worker", 0)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.backbone not in BACKBONES:

@@ -55,8 +55,9 @@ Choices (docs/methods.md):
   SGD, so both methods run under the same optimiser settings. γ = 1 as in
   DCMH (TrainConfig.dcmh_quantization); HashNet's equal weighting of similar
   and dissimilar pairs, the usual remedy for rare similar pairs, is an option
-  (dcmh_pair_weights, off as in DCMH; docs/methods.md has what was measured). The logged terms are per pair (J's share divided by batch x n_train);
-  the gradient is J's share per batch row (divided by the batch only). The
+  (dcmh_pair_weights, off as in DCMH; docs/methods.md has what was measured).
+  The logged terms are per pair (J's share divided by batch x n_train); the
+  gradient is J's share per batch row (divided by the batch only). The
   factor n is not free under Adam: with it, the text network's gradients sat
   at Adam's eps and its steps were damped (tests/train/test_dcmh.py).
 """
@@ -95,7 +96,8 @@ def dcmh_loss(out: torch.Tensor, rows: torch.Tensor, other: torch.Tensor, known:
     bias = base_rate_logit(pairs) if prior and seen else 0.0
     weight = balanced_pair_weights(pairs) if pair_weights and seen else None
     # mean over the (b, seen) pairs -> sum over them / (b n)
-    nll = pairwise_nll(out, other[known], pairs, bias, weight) * (seen / n) if seen else out.sum() * 0
+    nll = (pairwise_nll(out, other[known], pairs, bias, weight) * (seen / n) if seen
+           else out.sum() * 0)
     quantization = gamma * (codes[rows] - out).pow(2).sum()
     # the batch's share of η‖F·1‖², without bias (module docstring)
     balance = eta * (out.pow(2).sum() + (n - 1) / max(b - 1, 1) * balance_pairs(out))
