@@ -145,9 +145,14 @@ def balanced_pair_weights(sim: torch.Tensor) -> torch.Tensor:
     pairs weigh 1 / 2s and dissimilar ones 1 / 2(1 − s), s the share of similar
     pairs in `sim`, so that each kind holds half the mean's weight however rare
     similar pairs are (the weights average to 1)."""
-    s = sim.float()
-    share = s.mean().clamp(1e-4, 1 - 1e-4)
-    return s / (2 * share) + (1 - s) / (2 * (1 - share))
+    share = similar_share(sim)
+    return sim.float() / (2 * share) + (1 - sim.float()) / (2 * (1 - share))
+
+
+def similar_share(sim: torch.Tensor) -> torch.Tensor:
+    """The share of similar pairs in `sim`, kept off 0 and 1 (both take its log or
+    divide by it)."""
+    return sim.float().mean().clamp(1e-4, 1 - 1e-4)
 
 
 def base_rate_logit(sim: torch.Tensor) -> torch.Tensor:
@@ -156,5 +161,5 @@ def base_rate_logit(sim: torch.Tensor) -> torch.Tensor:
     carry nothing yet (Θ = 0), so the likelihood's gradient on Θ sums to zero
     there instead of pushing every pair towards "dissimilar" when few are
     similar (docs/methods.md, DCMH)."""
-    share = sim.float().mean().clamp(1e-4, 1 - 1e-4)
+    share = similar_share(sim)
     return torch.log(share / (1 - share))

@@ -168,7 +168,7 @@ class DCMHTrainer:
         # DCMH's start: random F, G and B = sign(F + G); the same on every rank (seeded).
         gen = torch.Generator().manual_seed(seed)
         self.buffers = {m: torch.randn(n, bits, generator=gen).to(device) for m in ("image", "text")}
-        self.codes = update_codes(self.buffers["image"], self.buffers["text"], gamma)
+        self.codes = update_codes(self.buffers["image"], self.buffers["text"])
         self.known = {m: torch.zeros(n, dtype=torch.bool, device=device) for m in ("image", "text")}
         self.labels: torch.Tensor | None = None        # (n, L) multi-hot, made at the first batch
         self.fresh = torch.zeros(n, dtype=torch.bool, device=device)   # rows refreshed this epoch
@@ -221,7 +221,7 @@ class DCMHTrainer:
             table[done] = summed[done] / count[done].unsqueeze(1)
         for known in self.known.values():
             known |= done
-        self.codes = update_codes(self.buffers["image"], self.buffers["text"], self.gamma)
+        self.codes = update_codes(self.buffers["image"], self.buffers["text"])
         self.fresh.zero_()
         self.optimizers.end_epoch()
 
