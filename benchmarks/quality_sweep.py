@@ -153,7 +153,8 @@ def run_cell(data: str, base: dict, name: str, overrides: dict, seed: int, devic
     torch.set_num_threads(threads)
     cfg = TrainConfig(**{**base, **overrides, "data": data, "out": "", "seed": seed})
     started = time.perf_counter()
-    model = train_in_memory(cfg, device=device)
+    train = load_split(data, "train", cfg.image_size)   # decoded once: training, then its ids
+    model = train_in_memory(cfg, device=device, train=train)
     train_s = time.perf_counter() - started
     codes = {}
     for split in ("query", "database"):
@@ -171,7 +172,7 @@ def run_cell(data: str, base: dict, name: str, overrides: dict, seed: int, devic
               "map_t2i": mean_average_precision(qt, di, ql, dl)}
     # The database holds the training pairs, whose codes the networks were fit to, and
     # pairs they never saw, like the queries: MAP against each part apart.
-    fitted = np.isin(database_ids, load_split(data, "train")["id"])
+    fitted = np.isin(database_ids, train["id"])
     for part, rows in (("train", fitted), ("unseen", ~fitted)):
         result[f"map_i2t_{part}"] = mean_average_precision(qi, dt[rows], ql, dl[rows])
         result[f"map_t2i_{part}"] = mean_average_precision(qt, di[rows], ql, dl[rows])

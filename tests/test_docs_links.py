@@ -2,6 +2,7 @@
 file that exists and, with a #fragment, a heading or <a id> of that file, spelled as
 GitHub spells a heading's anchor. Numbers are quoted across pages by link, so a renamed
 heading must not strand them."""
+import functools
 import re
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def anchors(page: Path) -> set[str]:
+@functools.cache  # a page is linked many times
+def anchors(page: Path) -> frozenset[str]:
     text = FENCE.sub("", page.read_text())
     found, seen = set(), {}
     for heading in re.findall(r"^#+ (.+)$", text, re.M):
@@ -25,7 +27,7 @@ def anchors(page: Path) -> set[str]:
         found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
         seen[slug] = seen.get(slug, 0) + 1
     found.update(re.findall(r'<a id="([^"]+)"', text))
-    return found
+    return frozenset(found)
 
 
 def test_github_anchor_spelling():

@@ -145,8 +145,8 @@ def balanced_pair_weights(sim: torch.Tensor) -> torch.Tensor:
     pairs weigh 1 / 2s and dissimilar ones 1 / 2(1 − s), s the share of similar
     pairs in `sim`, so that each kind holds half the mean's weight however rare
     similar pairs are (the weights average to 1)."""
-    share = similar_share(sim)
-    return sim.float() / (2 * share) + (1 - sim.float()) / (2 * (1 - share))
+    s, share = sim.float(), similar_share(sim)
+    return s / (2 * share) + (1 - s) / (2 * (1 - share))
 
 
 def similar_share(sim: torch.Tensor) -> torch.Tensor:
